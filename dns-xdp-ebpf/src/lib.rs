@@ -1,0 +1,2 @@
+//! Marker library: lets dns-xdp/build.rs depend on this crate so cargo tracks its sources.
+#![no_std]

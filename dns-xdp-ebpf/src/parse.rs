@@ -1,0 +1,287 @@
+//! Cursor-style packet parser, shared by every program that looks at frames.
+//!
+//! Each layer reads its header through one bounds-checked `ptr_at`, checks the header
+//! against the bytes the frame really has, and hands the offset of the next header on.
+//! Anything inconsistent ends the walk with `Class::Malformed`; a layer we do not read
+//! further ends it with `Class::NonDns`. The rules are written down in
+//! docs/ARCHITECTURE.md ("Parser") and checked against etherparse by the differential test.
+
+use core::mem::size_of;
+
+use dns_xdp_common::{Class, L4, PortSet};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+    vlan::VlanHdr,
+};
+
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+/// Pre-standard QinQ outer tag, still seen on some switches.
+const ETH_P_QINQ_LEGACY: u16 = 0x9100;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+
+/// VLAN tags read (802.1Q, or QinQ); a frame with more is not parsed further.
+pub const MAX_VLAN_TAGS: usize = 2;
+/// IPv6 extension headers walked, hop-by-hop included; a longer chain is malformed.
+pub const MAX_IPV6_EXT_HEADERS: usize = 8;
+/// No header starts further into a frame than this. It exceeds any linear XDP frame
+/// (one page), so it never changes a verdict; it gives the verifier a bound on offsets.
+const MAX_HEADER_OFFSET: usize = 0x3fff;
+
+/// Transport header of a packet that has one.
+#[derive(Clone, Copy)]
+pub struct Transport {
+    pub l4: L4,
+    pub ipv6: bool,
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+impl Transport {
+    #[inline(always)]
+    pub fn class(&self, ports: &PortSet) -> Class {
+        Class::of_ports(ports, self.l4, self.ipv6, self.src_port, self.dst_port)
+    }
+}
+
+/// A frame in memory: `[start, end)`.
+#[derive(Clone, Copy)]
+pub struct Frame {
+    start: usize,
+    end: usize,
+}
+
+/// The IP payload: where it starts, where it ends (by the IP length fields), and what it is.
+struct IpPayload {
+    offset: usize,
+    end: usize,
+    protocol: u8,
+    ipv6: bool,
+    /// Carries the first fragment of a datagram: the UDP length covers more than this frame.
+    first_fragment: bool,
+}
+
+#[inline(always)]
+fn be16(bytes: [u8; 2]) -> u16 {
+    u16::from_be_bytes(bytes)
+}
+
+impl Frame {
+    #[inline(always)]
+    pub fn new(start: usize, end: usize) -> Self {
+        Self { start, end }
+    }
+
+    /// The one bounds check: a `T` at `offset` lies wholly inside the frame.
+    #[inline(always)]
+    fn ptr_at<T>(&self, offset: usize) -> Result<*const T, Class> {
+        if offset > MAX_HEADER_OFFSET {
+            return Err(Class::Malformed);
+        }
+        let at = self.start + offset;
+        if at + size_of::<T>() > self.end {
+            return Err(Class::Malformed);
+        }
+        Ok(at as *const T)
+    }
+
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Parses down to the transport header. `Err` carries the final class of frames
+    /// that have none: non-DNS, malformed, non-first fragment.
+    #[inline(always)]
+    pub fn transport(&self) -> Result<Transport, Class> {
+        let (ether_type, l3) = self.ethernet()?;
+        let ip = match ether_type {
+            ETH_P_IPV4 => self.ipv4(l3)?,
+            ETH_P_IPV6 => self.ipv6(l3)?,
+            _ => return Err(Class::NonDns),
+        };
+        match ip.protocol {
+            IPPROTO_UDP => self.udp(&ip),
+            IPPROTO_TCP => self.tcp(&ip),
+            _ => Err(Class::NonDns),
+        }
+    }
+
+    /// Ethernet and up to `MAX_VLAN_TAGS` tags: the inner EtherType and its offset.
+    #[inline(always)]
+    fn ethernet(&self) -> Result<(u16, usize), Class> {
+        let eth: *const EthHdr = self.ptr_at(0)?;
+        let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
+        let mut offset = EthHdr::LEN;
+        for _ in 0..MAX_VLAN_TAGS {
+            if !matches!(ether_type, ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ_LEGACY) {
+                return Ok((ether_type, offset));
+            }
+            let vlan: *const VlanHdr = self.ptr_at(offset)?;
+            ether_type = u16::from_be(unsafe { (*vlan).ether_type });
+            offset += VlanHdr::LEN;
+        }
+        Ok((ether_type, offset))
+    }
+
+    #[inline(always)]
+    fn ipv4(&self, l3: usize) -> Result<IpPayload, Class> {
+        let ip: *const Ipv4Hdr = self.ptr_at(l3)?;
+        let ip = unsafe { &*ip };
+        let header_len = usize::from(ip.ihl()) * 4;
+        let total_len = usize::from(ip.tot_len());
+        if ip.version() != 4
+            || header_len < Ipv4Hdr::LEN
+            || total_len < header_len
+            || total_len > self.len() - l3
+        {
+            return Err(Class::Malformed);
+        }
+        let mut payload = IpPayload {
+            offset: l3 + header_len,
+            end: l3 + total_len,
+            protocol: ip.proto,
+            ipv6: false,
+            first_fragment: false,
+        };
+        // One authentication header may sit between IPv4 and the transport (RFC 4302).
+        if payload.protocol == IPPROTO_AH {
+            (payload.protocol, payload.offset) = self.auth_header(payload.offset, payload.end)?;
+        }
+        let more_fragments = ip.frag_flags() & 1 != 0;
+        if ip.frag_offset() != 0 {
+            return Err(Class::Fragment);
+        }
+        payload.first_fragment = more_fragments;
+        Ok(payload)
+    }
+
+    #[inline(always)]
+    fn ipv6(&self, l3: usize) -> Result<IpPayload, Class> {
+        let ip: *const Ipv6Hdr = self.ptr_at(l3)?;
+        let ip = unsafe { &*ip };
+        if ip.version() != 6 {
+            return Err(Class::Malformed);
+        }
+        let payload_len = usize::from(ip.payload_len());
+        let available = self.len() - l3 - Ipv6Hdr::LEN;
+        // A zero payload length with bytes behind it is a jumbogram: the frame bounds it.
+        let end = if payload_len == 0 && available > 0 {
+            self.end - self.start
+        } else if payload_len <= available {
+            l3 + Ipv6Hdr::LEN + payload_len
+        } else {
+            return Err(Class::Malformed);
+        };
+        let mut protocol = ip.next_hdr;
+        let mut offset = l3 + Ipv6Hdr::LEN;
+        let mut fragmented = false;
+        let mut later_fragment = false;
+        for index in 0..MAX_IPV6_EXT_HEADERS {
+            match protocol {
+                // RFC 8200 4.1: hop-by-hop options only directly after the IPv6 header.
+                IPPROTO_HOPOPTS if index != 0 => return Err(Class::Malformed),
+                IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                    let ext: *const [u8; 2] = self.ptr_at(offset)?;
+                    let [next, len_units] = unsafe { *ext };
+                    let len = (usize::from(len_units) + 1) * 8;
+                    if offset + len > end {
+                        return Err(Class::Malformed);
+                    }
+                    (protocol, offset) = (next, offset + len);
+                }
+                IPPROTO_FRAGMENT => {
+                    let frag: *const [u8; 8] = self.ptr_at(offset)?;
+                    let frag = unsafe { *frag };
+                    if offset + 8 > end {
+                        return Err(Class::Malformed);
+                    }
+                    let offset_and_flags = be16([frag[2], frag[3]]);
+                    later_fragment |= offset_and_flags >> 3 != 0;
+                    fragmented |= offset_and_flags >> 3 != 0 || offset_and_flags & 1 != 0;
+                    (protocol, offset) = (frag[0], offset + 8);
+                }
+                IPPROTO_AH => (protocol, offset) = self.auth_header(offset, end)?,
+                _ => {
+                    if later_fragment {
+                        return Err(Class::Fragment);
+                    }
+                    return Ok(IpPayload {
+                        offset,
+                        end,
+                        protocol,
+                        ipv6: true,
+                        first_fragment: fragmented,
+                    });
+                }
+            }
+        }
+        Err(Class::Malformed)
+    }
+
+    /// An IP authentication header (RFC 4302) at `offset`: its next header and the
+    /// offset after it.
+    #[inline(always)]
+    fn auth_header(&self, offset: usize, end: usize) -> Result<(u8, usize), Class> {
+        const AH_MIN_LEN: usize = 12;
+        let ah: *const [u8; 2] = self.ptr_at(offset)?;
+        let [next, len_units] = unsafe { *ah };
+        let len = (usize::from(len_units) + 2) * 4;
+        if len_units == 0 || len < AH_MIN_LEN || offset + len > end {
+            return Err(Class::Malformed);
+        }
+        Ok((next, offset + len))
+    }
+
+    #[inline(always)]
+    fn udp(&self, ip: &IpPayload) -> Result<Transport, Class> {
+        let udp: *const UdpHdr = self.ptr_at(ip.offset)?;
+        let udp = unsafe { &*udp };
+        if ip.offset + UdpHdr::LEN > ip.end {
+            return Err(Class::Malformed);
+        }
+        // Zero means "as long as the IP payload" (RFC 2675). A first fragment's length
+        // covers the whole datagram, so it cannot be checked against this frame.
+        let udp_len = usize::from(be16(udp.len));
+        if !ip.first_fragment
+            && udp_len != 0
+            && (udp_len < UdpHdr::LEN || udp_len > ip.end - ip.offset)
+        {
+            return Err(Class::Malformed);
+        }
+        Ok(Transport {
+            l4: L4::Udp,
+            ipv6: ip.ipv6,
+            src_port: be16(udp.src),
+            dst_port: be16(udp.dst),
+        })
+    }
+
+    #[inline(always)]
+    fn tcp(&self, ip: &IpPayload) -> Result<Transport, Class> {
+        let tcp: *const TcpHdr = self.ptr_at(ip.offset)?;
+        let tcp = unsafe { &*tcp };
+        let header_len = usize::from(tcp.doff()) * 4;
+        if header_len < TcpHdr::LEN || ip.offset + header_len > ip.end {
+            return Err(Class::Malformed);
+        }
+        Ok(Transport {
+            l4: L4::Tcp,
+            ipv6: ip.ipv6,
+            src_port: be16(tcp.source),
+            dst_port: be16(tcp.dest),
+        })
+    }
+}

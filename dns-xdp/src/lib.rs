@@ -1,0 +1,7 @@
+//! dns-xdp loader: loads the embedded eBPF programs, configures them, attaches them to an
+//! interface and reads their counters. The `dns-xdp` binary is a thin CLI over this.
+
+pub mod programs;
+pub mod report;
+
+pub use programs::{Attachment, Mode, Programs};

@@ -1,0 +1,171 @@
+//! `dns-xdp`: attach the DNS fast path to an interface and report its counters.
+
+use std::{process::ExitCode, time::Instant};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use dns_xdp::{
+    Attachment, Mode,
+    programs::config_for_ports,
+    report::{self, Event},
+};
+use dns_xdp_common::DNS_PORT;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    time::{Duration, MissedTickBehavior, interval},
+};
+
+#[derive(Parser)]
+#[command(version, about = "Stateless DNS fast path on XDP")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attach to an interface and run in the foreground until SIGINT/SIGTERM, then detach.
+    Attach(AttachArgs),
+}
+
+#[derive(clap::Args)]
+struct AttachArgs {
+    /// Interface to attach to.
+    #[arg(long, short)]
+    iface: String,
+    /// XDP attach mode: native in the driver, generic (skb), or let the kernel pick.
+    #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
+    mode: ModeArg,
+    /// A port that carries DNS (repeat for several). Queries go to it, answers come from it.
+    #[arg(long = "port", value_name = "PORT", default_values_t = [DNS_PORT],
+          value_parser = clap::value_parser!(u16).range(1..))]
+    ports: Vec<u16>,
+    /// Print the counters every SECONDS (the final counters are always printed on exit).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_interval)]
+    stats_interval: Option<Duration>,
+    /// Print counters as one JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Auto,
+    Native,
+    Skb,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(mode: ModeArg) -> Self {
+        match mode {
+            ModeArg::Auto => Mode::Auto,
+            ModeArg::Native => Mode::Native,
+            ModeArg::Skb => Mode::Skb,
+        }
+    }
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(0.01..=86_400.0).contains(&seconds) {
+        return Err(format!(
+            "{text:?}: the interval must be between 0.01 and 86400 seconds"
+        ));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("dns-xdp: error: starting the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Attach(args) => runtime.block_on(attach(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line: what failed, then why (the hint is in the outermost context).
+            eprintln!("dns-xdp: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn attach(args: AttachArgs) -> anyhow::Result<()> {
+    let config = config_for_ports(&args.ports);
+    let mut attachment = Attachment::attach(&args.iface, args.mode.into(), &config)?;
+    log::info!(
+        "attached to {} ({:?} mode), DNS ports {:?}",
+        args.iface,
+        Mode::from(args.mode),
+        args.ports
+    );
+    let result = run_until_signal(&mut attachment, &args).await;
+    // Detach whatever happened while running; report the first error.
+    let detached = attachment.detach();
+    result.and(detached)?;
+    log::info!("detached from {}", args.iface);
+    Ok(())
+}
+
+async fn run_until_signal(attachment: &mut Attachment, args: &AttachArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut logger = match attachment.programs().logger() {
+        // SAFETY: the logger owns its ring buffer fd and lives inside the AsyncFd, which
+        // deregisters it before dropping it.
+        Ok(logger) => Some(
+            unsafe { AsyncFd::register(logger) }
+                .map_err(|error| error.into_parts().1)
+                .context("polling the eBPF log")?,
+        ),
+        Err(error) => {
+            log::warn!("kernel-side log unavailable: {error:#}");
+            None
+        }
+    };
+    let mut ticker = interval(args.stats_interval.unwrap_or(Duration::from_secs(3600)));
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    ticker.tick().await;
+    let print = |event: Event, attachment: &Attachment| -> anyhow::Result<()> {
+        let counters = attachment.counters()?;
+        let elapsed = started.elapsed().as_secs_f64();
+        let line = if args.json {
+            report::json_line(event, attachment.iface(), elapsed, &counters)
+        } else {
+            report::text_line(event, attachment.iface(), elapsed, &counters)
+        };
+        println!("{line}");
+        Ok(())
+    };
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = ticker.tick(), if args.stats_interval.is_some() => print(Event::Stats, attachment)?,
+            guard = async { logger.as_mut().expect("guarded").readable_mut().await },
+                if logger.is_some() =>
+            {
+                let mut guard = guard.context("polling the eBPF log")?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+        }
+    }
+    print(Event::Final, attachment)
+}
