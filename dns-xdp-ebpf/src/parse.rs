@@ -140,7 +140,7 @@ impl Frame {
     fn ipv4(&self, l3: usize) -> Result<IpPayload, Class> {
         let ip: *const Ipv4Hdr = self.ptr_at(l3)?;
         let ip = unsafe { &*ip };
-        let header_len = usize::from(ip.ihl()) * 4;
+        let header_len = usize::from(ip.ihl()); // in bytes already
         let total_len = usize::from(ip.tot_len());
         if ip.version() != 4
             || header_len < Ipv4Hdr::LEN
@@ -189,8 +189,15 @@ impl Frame {
         let mut offset = l3 + Ipv6Hdr::LEN;
         let mut fragmented = false;
         let mut later_fragment = false;
-        for index in 0..MAX_IPV6_EXT_HEADERS {
+        // One turn per extension header, and a last one for the header after them.
+        for index in 0..=MAX_IPV6_EXT_HEADERS {
             match protocol {
+                IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT
+                | IPPROTO_AH
+                    if index == MAX_IPV6_EXT_HEADERS =>
+                {
+                    return Err(Class::Malformed);
+                }
                 // RFC 8200 4.1: hop-by-hop options only directly after the IPv6 header.
                 IPPROTO_HOPOPTS if index != 0 => return Err(Class::Malformed),
                 IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {

@@ -1,1 +1,242 @@
-fn main() {}
+//! `cargo xtask`: bootstrap the toolchain, build, and test dns-xdp.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Developer tasks for dns-xdp")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent, quick when all is present).
+    Setup,
+    /// Set up, then build the loader with its eBPF programs (release).
+    Build,
+    /// Set up, check formatting and lints, build, and run every test (needs root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// The bpf-linker release that builds against nightly's LLVM 22 here.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_MAJOR: &str = "22";
+/// Commands the tests run, and the Debian package of each.
+const TEST_COMMANDS: &[(&str, &str)] = &[("ip", "iproute2")];
+
+fn main() -> anyhow::Result<()> {
+    let started = Instant::now();
+    match Cli::parse().task {
+        Task::Setup => setup()?,
+        Task::Build => {
+            setup()?;
+            cargo(&["build", "--release", "--package", "dns-xdp"])?;
+        }
+        Task::Test { args } => {
+            setup()?;
+            test(&args)?;
+        }
+    }
+    step(&format!("done in {:.1}s", started.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+fn step(message: &str) {
+    println!("xtask: {message}");
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    step(&format!("cargo {}", args.join(" ")));
+    run(
+        Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(args)
+            .current_dir(workspace_root()),
+    )
+}
+
+fn output(program: &str, args: &[&str]) -> Option<String> {
+    let output = Command::new(program).args(args).output().ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+fn on_path(program: &str) -> bool {
+    env::var_os("PATH")
+        .is_some_and(|path| env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
+fn is_root() -> bool {
+    output("id", &["-u"]).as_deref() == Some("0")
+}
+
+fn setup() -> anyhow::Result<()> {
+    let llvm_prefix = PathBuf::from(format!("/usr/lib/llvm-{LLVM_MAJOR}"));
+    let linker_ok = bpf_linker_ok();
+
+    let mut packages: Vec<&str> = TEST_COMMANDS
+        .iter()
+        .filter(|(command, _)| !on_path(command) && !Path::new("/usr/sbin").join(command).exists())
+        .map(|&(_, package)| package)
+        .collect();
+    let llvm_dev = format!("llvm-{LLVM_MAJOR}-dev");
+    if !linker_ok && !llvm_prefix.join("bin/llvm-config").exists() {
+        packages.push(&llvm_dev);
+    }
+    let mut apt_ok = true;
+    if packages.is_empty() {
+        step("Debian packages: present");
+    } else {
+        step(&format!(
+            "Debian packages: installing {}",
+            packages.join(" ")
+        ));
+        apt_ok = apt_install(&packages).is_ok();
+        if !apt_ok {
+            let missing: Vec<_> = packages.iter().filter(|p| **p != llvm_dev).collect();
+            if !missing.is_empty() {
+                bail!(
+                    "could not install {missing:?} with apt-get; install them and run `cargo xtask setup` again"
+                );
+            }
+            step("llvm-22-dev unavailable: falling back to nightly's own libLLVM");
+        }
+    }
+
+    let Some(nightly) = output("rustup", &["run", "nightly", "rustc", "--version"]) else {
+        bail!(
+            "the nightly Rust toolchain is missing (the eBPF crate needs it): \
+             `rustup toolchain install nightly --component rust-src`"
+        );
+    };
+    step(&format!("nightly: {nightly}"));
+
+    let sysroot = output("rustup", &["run", "nightly", "rustc", "--print", "sysroot"])
+        .context("asking nightly for its sysroot")?;
+    let sysroot = PathBuf::from(sysroot);
+    if sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
+        step("rust-src (nightly): present");
+    } else {
+        step("rust-src (nightly): installing");
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))
+        .context("installing the nightly rust-src component")?;
+    }
+
+    if linker_ok {
+        step(&format!("bpf-linker {BPF_LINKER_VERSION}: present"));
+    } else {
+        let prefix = if apt_ok && llvm_prefix.join("bin/llvm-config").exists() {
+            llvm_prefix
+        } else {
+            nightly_llvm_prefix(&sysroot)?
+        };
+        step(&format!(
+            "bpf-linker {BPF_LINKER_VERSION}: building against LLVM {LLVM_MAJOR} in {} (about a minute)",
+            prefix.display()
+        ));
+        run(Command::new("cargo")
+            .env("LLVM_PREFIX", &prefix)
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args(["--no-default-features", "--features"])
+            .arg(format!("llvm-{LLVM_MAJOR}"))
+            .arg("--force"))
+        .context("building bpf-linker")?;
+        if !bpf_linker_ok() {
+            bail!(
+                "bpf-linker {BPF_LINKER_VERSION} was installed but is not on PATH; add ~/.cargo/bin to PATH"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn bpf_linker_ok() -> bool {
+    output("bpf-linker", &["--version"]).is_some_and(|version| version.contains(BPF_LINKER_VERSION))
+}
+
+fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    if !is_root() || !on_path("apt-get") {
+        bail!("installing packages needs root and apt-get");
+    }
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(packages))
+}
+
+/// A directory that looks like an LLVM install to bpf-linker's build, made of the
+/// libLLVM that ships inside the nightly toolchain.
+fn nightly_llvm_prefix(sysroot: &Path) -> anyhow::Result<PathBuf> {
+    let lib = sysroot.join("lib");
+    let shared = std::fs::read_dir(&lib)?
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .find(|name| name.starts_with(&format!("libLLVM.so.{LLVM_MAJOR}")))
+        .with_context(|| format!("no libLLVM.so.{LLVM_MAJOR}* in {}", lib.display()))?;
+    let prefix = workspace_root().join("target/nightly-llvm");
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)?;
+    for link in ["libLLVM.so", shared.as_str()] {
+        let path = prefix_lib.join(link);
+        let _ = std::fs::remove_file(&path);
+        std::os::unix::fs::symlink(lib.join(&shared), &path)?;
+    }
+    Ok(prefix)
+}
+
+fn test(extra: &[String]) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("the tests load eBPF programs and create network namespaces: run them as root");
+    }
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    cargo(&["build", "--package", "dns-xdp"])?;
+    let mut args = vec!["test", "--workspace"];
+    args.extend(extra.iter().map(String::as_str));
+    cargo(&args)
+}

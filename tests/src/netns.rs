@@ -1,0 +1,132 @@
+//! Network namespaces joined by veth, removed on drop (also when a test fails).
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+};
+
+use anyhow::{Context as _, bail};
+
+/// A network namespace with a unique name; `Drop` deletes it and every link inside.
+pub struct Netns {
+    name: String,
+}
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+/// Runs `ip` with `args`; fails with its stderr.
+pub fn ip(args: &[&str]) -> anyhow::Result<Output> {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (iproute2)")?;
+    if !output.status.success() {
+        bail!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(output)
+}
+
+impl Netns {
+    /// Creates `dx-<role>-<pid>-<n>`, unique across parallel tests and test processes.
+    pub fn new(role: &str) -> anyhow::Result<Self> {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let name = format!("dx-{role}-{}-{id}", std::process::id());
+        ip(&["netns", "add", &name])?;
+        let netns = Self { name };
+        netns.ip(&["link", "set", "dev", "lo", "up"])?;
+        Ok(netns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `ip -n <this> args...`.
+    pub fn ip(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        ip(&full)
+    }
+
+    /// A command that runs `program` inside this namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name, program]);
+        command
+    }
+
+    /// Runs `work` on a thread that has joined this namespace: its sockets live here.
+    pub fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let handle = File::open(format!("/var/run/netns/{}", self.name))
+            .with_context(|| format!("opening namespace {}", self.name))?;
+        let thread = thread::spawn(move || {
+            // SAFETY: setns on a valid namespace fd affects only this thread.
+            if unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                panic!("setns: {}", std::io::Error::last_os_error());
+            }
+            work()
+        });
+        thread
+            .join()
+            .map_err(|panic| anyhow::anyhow!("thread in {} panicked: {panic:?}", self.name))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// Interface name used on both ends (names are per namespace).
+pub const LINK: &str = "dns0";
+pub const SERVER_V4: &str = "198.18.0.1";
+pub const CLIENT_V4: &str = "198.18.0.2";
+pub const SERVER_V6: &str = "2001:2::1";
+pub const CLIENT_V6: &str = "2001:2::2";
+
+/// Two namespaces, `server` and `client`, joined by a veth pair named `LINK` on both
+/// sides, addressed from 198.18.0.0/24 and 2001:2::/64 (the benchmarking ranges).
+pub struct Pair {
+    pub server: Netns,
+    pub client: Netns,
+}
+
+impl Pair {
+    pub fn new() -> anyhow::Result<Self> {
+        let server = Netns::new("srv")?;
+        let client = Netns::new("cli")?;
+        server.ip(&[
+            "link",
+            "add",
+            "name",
+            LINK,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            LINK,
+            "netns",
+            client.name(),
+        ])?;
+        for (netns, v4, v6) in [
+            (&server, SERVER_V4, SERVER_V6),
+            (&client, CLIENT_V4, CLIENT_V6),
+        ] {
+            netns.ip(&["addr", "add", &format!("{v4}/24"), "dev", LINK])?;
+            netns.ip(&["addr", "add", &format!("{v6}/64"), "dev", LINK, "nodad"])?;
+            netns.ip(&["link", "set", "dev", LINK, "up"])?;
+        }
+        Ok(Self { server, client })
+    }
+}

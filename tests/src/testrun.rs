@@ -1,0 +1,73 @@
+//! Runs the loaded XDP program on crafted frames with BPF_PROG_TEST_RUN.
+
+use aya::programs::{TestRun, TestRunOptions};
+use dns_xdp::{
+    Programs,
+    programs::{XDP_PROGRAM, config_for_ports},
+};
+use dns_xdp_common::{Counter, Counters};
+
+/// XDP verdicts, as the kernel numbers them.
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+/// The programs, loaded but not attached, with the default configuration (port 53).
+pub struct Harness {
+    programs: Programs,
+}
+
+/// What one frame did: the verdict and the counters that moved.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub verdict: u32,
+    pub delta: Counters,
+}
+
+impl Outcome {
+    /// The counters that moved by one, other than `Packets`.
+    pub fn bumped(&self) -> Vec<Counter> {
+        Counter::ALL
+            .iter()
+            .copied()
+            .filter(|&counter| counter != Counter::Packets && self.delta.get(counter) != 0)
+            .collect()
+    }
+}
+
+impl Harness {
+    pub fn new(ports: &[u16]) -> anyhow::Result<Self> {
+        Ok(Self {
+            programs: Programs::load(&config_for_ports(ports))?,
+        })
+    }
+
+    pub fn programs(&mut self) -> &mut Programs {
+        &mut self.programs
+    }
+
+    /// Runs `program` once on `frame`: the verdict and the time the kernel measured.
+    pub fn run_program(
+        &mut self,
+        program: &str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> anyhow::Result<(u32, std::time::Duration)> {
+        let mut options = TestRunOptions::new();
+        options.data_in = Some(frame);
+        options.repeat = repeat;
+        let result = self.programs.xdp(program)?.test_run(options)?;
+        Ok((result.return_value, result.duration))
+    }
+
+    /// Runs the main program once on `frame` and reports the verdict and counter deltas.
+    pub fn run(&mut self, frame: &[u8]) -> anyhow::Result<Outcome> {
+        let before = self.programs.counters()?;
+        let (verdict, _) = self.run_program(XDP_PROGRAM, frame, 1)?;
+        let after = self.programs.counters()?;
+        let mut delta = Counters::default();
+        for (index, value) in delta.values.iter_mut().enumerate() {
+            *value = after.values[index] - before.values[index];
+        }
+        Ok(Outcome { verdict, delta })
+    }
+}
