@@ -195,8 +195,8 @@ fn os_error(error: &ProgramError) -> Option<i32> {
 fn attach_error(error: ProgramError, iface: &str, mode: Mode) -> anyhow::Error {
     let message = match os_error(&error) {
         Some(libc::EBUSY | libc::EEXIST) => format!(
-            "another XDP program is already attached to {iface}; see it with \
-             `ip link show dev {iface}` and remove it with `ip link set dev {iface} xdp off`"
+            "another XDP program is already attached to {iface} (see `ip link show dev {iface}`); \
+             stop its owner, or remove a netlink attachment with `ip link set dev {iface} xdp off`"
         ),
         Some(libc::EOPNOTSUPP) if mode == Mode::Native => {
             format!("the driver of {iface} has no native XDP support; use --mode skb (or auto)")

@@ -29,6 +29,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Set up, then run the benchmarks; results go to target/bench/ (needs root).
+    Bench,
 }
 
 /// The bpf-linker release that builds against nightly's LLVM 22 here.
@@ -48,6 +50,20 @@ fn main() -> anyhow::Result<()> {
         Task::Test { args } => {
             setup()?;
             test(&args)?;
+        }
+        Task::Bench => {
+            setup()?;
+            let out = workspace_root().join("target/bench");
+            cargo(&[
+                "run",
+                "--release",
+                "--package",
+                "dns-xdp-tests",
+                "--bin",
+                "microbench",
+                "--",
+                out.to_str().context("non-UTF-8 path")?,
+            ])?;
         }
     }
     step(&format!("done in {:.1}s", started.elapsed().as_secs_f64()));

@@ -1,0 +1,146 @@
+//! A minimal DNS responder and client for traffic tests: the responder echoes each query
+//! back with QR=1, over UDP and TCP; every wait is bounded by a timeout.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+const POLL: Duration = Duration::from_millis(50);
+
+/// Answers queries on `addrs` until dropped.
+pub struct Responder {
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+/// Turns a query into its answer: same bytes, QR set.
+fn answer(query: &mut [u8]) {
+    if query.len() > 2 {
+        query[2] |= 0x80;
+    }
+}
+
+impl Responder {
+    /// Binds UDP and TCP port 53 on each address. Call from inside the server namespace
+    /// (the sockets stay there; the serving threads need not).
+    pub fn bind(addrs: &[SocketAddr]) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for &addr in addrs {
+            let udp = UdpSocket::bind(addr).with_context(|| format!("binding udp {addr}"))?;
+            udp.set_read_timeout(Some(POLL))?;
+            let tcp = TcpListener::bind(addr).with_context(|| format!("binding tcp {addr}"))?;
+            tcp.set_nonblocking(true)?;
+            let stop_udp = stop.clone();
+            threads.push(thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while !stop_udp.load(Ordering::Relaxed) {
+                    if let Ok((len, peer)) = udp.recv_from(&mut buf) {
+                        answer(&mut buf[..len]);
+                        let _ = udp.send_to(&buf[..len], peer);
+                    }
+                }
+            }));
+            let stop_tcp = stop.clone();
+            threads.push(thread::spawn(move || {
+                while !stop_tcp.load(Ordering::Relaxed) {
+                    match tcp.accept() {
+                        Ok((stream, _)) => {
+                            let _ = serve_tcp(stream);
+                        }
+                        Err(_) => thread::sleep(POLL / 5),
+                    }
+                }
+            }));
+        }
+        Ok(Self { stop, threads })
+    }
+}
+
+fn serve_tcp(mut stream: TcpStream) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    loop {
+        let mut len = [0u8; 2];
+        if stream.read_exact(&mut len).is_err() {
+            return Ok(()); // closed by the client
+        }
+        let mut message = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        stream.read_exact(&mut message)?;
+        answer(&mut message);
+        stream.write_all(&len)?;
+        stream.write_all(&message)?;
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Sends `query` over UDP from a fresh socket and waits for the answer with its ID.
+pub fn udp_exchange(server: SocketAddr, query: &[u8], fragment: bool) -> anyhow::Result<Vec<u8>> {
+    let local: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()?;
+    let socket = UdpSocket::bind(local)?;
+    if fragment && server.is_ipv4() {
+        // Let the kernel fragment datagrams larger than the MTU (no DF bit).
+        let dont: libc::c_int = libc::IP_PMTUDISC_DONT;
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid socket, option and option length.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                (&raw const dont).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        anyhow::ensure!(
+            rc == 0,
+            "IP_MTU_DISCOVER: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    socket.set_read_timeout(Some(TIMEOUT))?;
+    socket.send_to(query, server)?;
+    let mut buf = vec![0u8; 65536];
+    let len = socket.recv(&mut buf).context("no UDP answer")?;
+    buf.truncate(len);
+    anyhow::ensure!(buf[..2] == query[..2], "answer with another ID");
+    Ok(buf)
+}
+
+/// Sends `query` over a new TCP connection (length-prefixed) and reads the answer.
+pub fn tcp_exchange(server: SocketAddr, query: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect_timeout(&server, TIMEOUT)?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    let mut message = (query.len() as u16).to_be_bytes().to_vec();
+    message.extend_from_slice(query);
+    stream.write_all(&message)?;
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len)?;
+    let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut answer)?;
+    anyhow::ensure!(answer[..2] == query[..2], "answer with another ID");
+    Ok(answer)
+}

@@ -1,0 +1,131 @@
+//! The real `dns-xdp` binary run as a child process, with its JSON lines collected.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use dns_xdp_common::Counters;
+
+/// Path of the dns-xdp binary: `DNS_XDP_BIN`, or next to this test's target directory.
+pub fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("DNS_XDP_BIN") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/dns-xdp
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary under target/<profile>/deps")
+        .join("dns-xdp");
+    assert!(
+        path.exists(),
+        "{} not found: build it first (`cargo build -p dns-xdp`; `cargo xtask test` does)",
+        path.display()
+    );
+    path
+}
+
+/// A running `dns-xdp attach`, killed on drop if still running.
+pub struct Loader {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Loader {
+    /// Starts `dns-xdp <args>` through `command` (e.g. `ip netns exec NS`), with its
+    /// stdout and stderr collected line by line.
+    pub fn spawn(mut command: Command) -> anyhow::Result<Self> {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting dns-xdp")?;
+        let lines = forward(child.stdout.take().expect("piped"));
+        let stderr = forward(child.stderr.take().expect("piped"));
+        Ok(Self {
+            child,
+            lines,
+            stderr,
+        })
+    }
+
+    /// Waits for the next stdout line that parses as JSON, up to `timeout`.
+    pub fn next_json(&mut self, timeout: Duration) -> anyhow::Result<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Ok(value) = serde_json::from_str(&line) {
+                        return Ok(value);
+                    }
+                }
+                Err(_) => bail!(
+                    "no JSON line from dns-xdp within {timeout:?}; stderr: {}",
+                    self.stderr_text()
+                ),
+            }
+        }
+    }
+
+    /// Everything written to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        self.stderr.try_iter().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Sends SIGINT and waits (bounded) for the exit; returns the final counters.
+    pub fn interrupt(mut self) -> anyhow::Result<(ExitStatus, Counters)> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                bail!("dns-xdp did not exit within 10 s of SIGINT");
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        let mut last = None;
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(1)) {
+            if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line)
+                && value["event"] == "final"
+            {
+                last = Some(value);
+            }
+        }
+        let final_line =
+            last.with_context(|| format!("no final counters; stderr: {}", self.stderr_text()))?;
+        let counters =
+            dns_xdp::report::counters_from_json(&final_line).context("malformed final line")?;
+        Ok((status, counters))
+    }
+}
+
+fn forward(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (sender, receiver) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

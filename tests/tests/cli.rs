@@ -1,0 +1,138 @@
+//! The loader's refusals: each bad input gets one clear line, a non-zero exit, and leaves
+//! nothing attached. Needs root (and runs one case as nobody).
+
+use std::{
+    process::{Command, Output},
+    time::Duration,
+};
+
+use dns_xdp_tests::{
+    loader::{self, Loader},
+    netns::{LINK, Netns, Pair},
+};
+
+fn dns_xdp(netns: Option<&Netns>, args: &[&str]) -> Output {
+    let binary = loader::binary();
+    let mut command = match netns {
+        Some(netns) => netns.command(binary.to_str().unwrap()),
+        None => Command::new(&binary),
+    };
+    command
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running dns-xdp")
+}
+
+/// Asserts a failed run whose stderr is one line containing `needle`.
+fn assert_refused(output: &Output, code: i32, needle: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(code), "stderr: {stderr}");
+    assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+    if code == 1 {
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.starts_with("dns-xdp: error: "), "{stderr}");
+    }
+}
+
+fn xdp_attached(netns: &Netns, iface: &str) -> bool {
+    let output = netns.ip(&["-d", "link", "show", "dev", iface]).unwrap();
+    String::from_utf8_lossy(&output.stdout).contains("prog/xdp")
+}
+
+#[test]
+fn unknown_interface_is_named() {
+    let netns = Netns::new("cli").unwrap();
+    let output = dns_xdp(Some(&netns), &["attach", "--iface", "nosuch0"]);
+    assert_refused(&output, 1, "no network interface named \"nosuch0\"");
+}
+
+#[test]
+fn non_root_is_told_to_use_root() {
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(loader::binary())
+        .args(["attach", "--iface", "lo"])
+        .output()
+        .expect("running setpriv (util-linux)");
+    assert_refused(&output, 1, "must run as root");
+}
+
+#[test]
+fn native_mode_on_a_driver_without_xdp_is_refused_and_leaves_nothing() {
+    let netns = Netns::new("cli").unwrap();
+    let output = dns_xdp(
+        Some(&netns),
+        &["attach", "--iface", "lo", "--mode", "native"],
+    );
+    assert_refused(&output, 1, "has no native XDP support; use --mode skb");
+    assert!(!xdp_attached(&netns, "lo"));
+}
+
+#[test]
+fn second_attach_is_refused_and_the_first_keeps_running() {
+    let pair = Pair::new().unwrap();
+    let binary = loader::binary();
+    let mut command = pair.server.command(binary.to_str().unwrap());
+    command.args([
+        "attach",
+        "--iface",
+        LINK,
+        "--json",
+        "--stats-interval",
+        "0.1",
+    ]);
+    let mut first = Loader::spawn(command).unwrap();
+    first.next_json(Duration::from_secs(10)).unwrap();
+
+    for mode in ["auto", "skb"] {
+        let output = dns_xdp(
+            Some(&pair.server),
+            &["attach", "--iface", LINK, "--mode", mode],
+        );
+        assert_refused(
+            &output,
+            1,
+            "another XDP program is already attached to dns0",
+        );
+    }
+    assert!(
+        xdp_attached(&pair.server, LINK),
+        "the first attachment survives"
+    );
+    first
+        .next_json(Duration::from_secs(5))
+        .expect("the first loader still reports");
+    let (status, _) = first.interrupt().unwrap();
+    assert!(status.success());
+    assert!(!xdp_attached(&pair.server, LINK));
+}
+
+#[test]
+fn bad_arguments_name_the_flag() {
+    for (args, needle) in [
+        (
+            &["attach", "--iface", "lo", "--port", "0"][..],
+            "'--port <PORT>'",
+        ),
+        (
+            &["attach", "--iface", "lo", "--port", "70000"][..],
+            "'--port <PORT>'",
+        ),
+        (
+            &["attach", "--iface", "lo", "--mode", "fast"][..],
+            "'--mode <MODE>'",
+        ),
+        (
+            &["attach", "--iface", "lo", "--stats-interval", "abc"][..],
+            "'--stats-interval <SECONDS>'",
+        ),
+        (
+            &["attach", "--iface", "lo", "--stats-interval", "0"][..],
+            "between 0.01 and 86400",
+        ),
+        (&["attach"][..], "--iface <IFACE>"),
+    ] {
+        assert_refused(&dns_xdp(None, args), 2, needle);
+    }
+}
