@@ -229,6 +229,9 @@ mod user {
 }
 
 #[cfg(test)]
+extern crate std;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -307,6 +310,3 @@ mod tests {
         assert_eq!(seen.len() + 1, COUNTER_COUNT);
     }
 }
-
-#[cfg(test)]
-extern crate std;

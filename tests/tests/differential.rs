@@ -1,6 +1,6 @@
 //! Differential test: random and mutated frames through the XDP program
 //! (BPF_PROG_TEST_RUN), each frame's class compared with etherparse's reading of it.
-//! Needs root. Replay a failure with `DIFF_SEED=<seed printed> cargo xtask test differential`.
+//! Needs root. Replay a failure with `DIFF_SEED=<seed printed> cargo xtask test --test differential`.
 
 use std::{collections::BTreeMap, time::Instant};
 

@@ -269,7 +269,13 @@ fn fixtures() -> Vec<Fixture> {
             "ARP",
             build(&[
                 Layer::Eth,
-                Layer::Payload(vec![0, 1, 8, 0, 6, 4, 0, 1].repeat(4)[..28].to_vec()),
+                // Ethernet/IPv4 ARP request: 8 bytes of header, 20 of addresses.
+                Layer::Payload(
+                    [0, 1, 8, 0, 6, 4, 0, 1]
+                        .into_iter()
+                        .chain([0; 20])
+                        .collect(),
+                ),
             ]),
             Class::NonDns,
         ),

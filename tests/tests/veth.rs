@@ -73,19 +73,22 @@ fn queries_and_answers_over_veth_are_counted_and_ctrl_c_detaches() {
                 query
             };
             for _ in 0..UDP4_QUERIES {
-                answered += udp_exchange(server(SERVER_V4), &query(false), false).is_ok() as usize;
+                answered +=
+                    usize::from(udp_exchange(server(SERVER_V4), &query(false), false).is_ok());
             }
             for _ in 0..UDP6_QUERIES {
-                answered += udp_exchange(server(SERVER_V6), &query(false), false).is_ok() as usize;
+                answered +=
+                    usize::from(udp_exchange(server(SERVER_V6), &query(false), false).is_ok());
             }
             for _ in 0..TCP4_QUERIES {
-                answered += tcp_exchange(server(SERVER_V4), &query(false)).is_ok() as usize;
+                answered += usize::from(tcp_exchange(server(SERVER_V4), &query(false)).is_ok());
             }
             for _ in 0..TCP6_QUERIES {
-                answered += tcp_exchange(server(SERVER_V6), &query(false)).is_ok() as usize;
+                answered += usize::from(tcp_exchange(server(SERVER_V6), &query(false)).is_ok());
             }
             for _ in 0..FRAGMENTED_QUERIES {
-                answered += udp_exchange(server(SERVER_V4), &query(true), true).is_ok() as usize;
+                answered +=
+                    usize::from(udp_exchange(server(SERVER_V4), &query(true), true).is_ok());
             }
             answered
         })

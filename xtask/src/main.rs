@@ -2,8 +2,9 @@
 
 use std::{
     env,
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
     time::Instant,
 };
 
@@ -243,16 +244,86 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         bail!("the tests load eBPF programs and create network namespaces: run them as root");
     }
     cargo(&["fmt", "--all", "--check"])?;
+    // The kernel crate only builds for BPF: it gets its own clippy run, with nightly.
     cargo(&[
         "clippy",
         "--workspace",
+        "--exclude",
+        "dns-xdp-ebpf",
         "--all-targets",
         "--",
         "-D",
         "warnings",
     ])?;
+    step("clippy on dns-xdp-ebpf (bpfel-unknown-none, nightly)");
+    run(Command::new("rustup")
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "--package",
+            "dns-xdp-ebpf",
+            "--bins",
+        ])
+        .args([
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CARGO")
+        .current_dir(workspace_root()))?;
     cargo(&["build", "--package", "dns-xdp"])?;
-    let mut args = vec!["test", "--workspace"];
+    // No doc tests: none are written, and their empty results would end the log.
+    let mut args = vec![
+        "test",
+        "--workspace",
+        "--exclude",
+        "dns-xdp-ebpf",
+        "--lib",
+        "--bins",
+        "--tests",
+    ];
     args.extend(extra.iter().map(String::as_str));
-    cargo(&args)
+    step(&format!("cargo {}", args.join(" ")));
+    let mut child = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(&args)
+        .current_dir(workspace_root())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let (mut passed, mut failed, mut ignored) = (0, 0, 0);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(result) = line.strip_prefix("test result: ") {
+            for part in result.split(['.', ';']) {
+                let mut words = part.split_whitespace();
+                let (Some(count), Some(what)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let Ok(count) = count.parse::<u64>() else {
+                    continue;
+                };
+                match what {
+                    "passed" => passed += count,
+                    "failed" => failed += count,
+                    "ignored" => ignored += count,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("summary: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    Ok(())
 }
