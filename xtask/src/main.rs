@@ -128,7 +128,9 @@ fn setup() -> anyhow::Result<()> {
         .map(|&(_, package)| package)
         .collect();
     let llvm_dev = format!("llvm-{LLVM_MAJOR}-dev");
-    if !linker_ok && !llvm_prefix.join("bin/llvm-config").exists() {
+    // llvm-config ships without -dev; the linkable libLLVM.so comes with llvm-22-dev.
+    let llvm_dev_present = || llvm_prefix.join("lib/libLLVM.so").exists();
+    if !linker_ok && !llvm_dev_present() {
         packages.push(&llvm_dev);
     }
     let mut apt_ok = true;
@@ -179,8 +181,8 @@ fn setup() -> anyhow::Result<()> {
     if linker_ok {
         step(&format!("bpf-linker {BPF_LINKER_VERSION}: present"));
     } else {
-        let prefix = if apt_ok && llvm_prefix.join("bin/llvm-config").exists() {
-            llvm_prefix
+        let prefix = if apt_ok && llvm_dev_present() {
+            llvm_prefix.clone()
         } else {
             nightly_llvm_prefix(&sysroot)?
         };
