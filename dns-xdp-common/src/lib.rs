@@ -42,6 +42,85 @@ impl Default for PortSet {
 /// The well-known DNS port, the default of the port set.
 pub const DNS_PORT: u16 = 53;
 
+/// Default capacity of the per-source table (entries); the loader's `--table-size`.
+pub const DEFAULT_TABLE_SIZE: u32 = 262_144;
+/// Capacity of each allow/deny list (IPv4 and IPv6 separately).
+pub const MAX_LIST_ENTRIES: u32 = 16_384;
+
+/// Nanoseconds per second.
+pub const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// A per-source rate limit in GCRA form (the "virtual scheduling" token bucket).
+/// `rate` packets per second with bursts of `burst` become an emission interval and a
+/// tolerance, so the kernel needs no division.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Default, Debug, PartialEq, Eq)]
+pub struct Limit {
+    /// Nanoseconds between packets at the sustained rate; 0 disables the limit.
+    pub interval_ns: u64,
+    /// How far a source's theoretical arrival time may run ahead of now: (burst - 1) × interval.
+    pub tolerance_ns: u64,
+}
+
+impl Limit {
+    pub const OFF: Self = Self {
+        interval_ns: 0,
+        tolerance_ns: 0,
+    };
+
+    /// `packets` per `period_ns` with bursts of `burst` packets. `None` when a value is 0
+    /// or the interval would round to 0 (more than one packet per nanosecond).
+    pub const fn new(packets: u64, period_ns: u64, burst: u64) -> Option<Self> {
+        if packets == 0 || burst == 0 {
+            return None;
+        }
+        let interval_ns = period_ns / packets;
+        if interval_ns == 0 {
+            return None;
+        }
+        match interval_ns.checked_mul(burst - 1) {
+            // Keep tat + interval far from overflow for any boot time of the next century.
+            Some(tolerance_ns) if tolerance_ns <= MAX_TOLERANCE_NS => Some(Self {
+                interval_ns,
+                tolerance_ns,
+            }),
+            _ => None,
+        }
+    }
+
+    pub const fn is_on(&self) -> bool {
+        self.interval_ns != 0
+    }
+
+    /// The burst this limit admits at once.
+    pub const fn burst(&self) -> u64 {
+        match self.interval_ns {
+            0 => 0,
+            interval => self.tolerance_ns / interval + 1,
+        }
+    }
+}
+
+/// The largest tolerance accepted: 2^62 ns (146 years of burst).
+pub const MAX_TOLERANCE_NS: u64 = 1 << 62;
+
+/// GCRA admission: with the source's theoretical arrival time `tat` (0 for a new
+/// source) and the time `now`, returns the new `tat` if the packet conforms, `None` if it
+/// exceeds the limit. Exact: the n-th packet of a burst at one instant is admitted iff
+/// n <= burst, and after that one packet per interval.
+#[inline(always)]
+pub const fn gcra(tat: u64, now: u64, limit: &Limit) -> Option<u64> {
+    let tat = if tat > now { tat } else { now };
+    if tat - now > limit.tolerance_ns {
+        None
+    } else {
+        Some(tat + limit.interval_ns)
+    }
+}
+
+/// Config flag: count would-be drops, drop nothing.
+pub const FLAG_DRY_RUN: u16 = 1;
+
 /// Runtime configuration, the single entry of the `CONFIG` array map. The loader writes
 /// it before attaching; the programs read it once per packet.
 #[repr(C)]
@@ -49,6 +128,115 @@ pub const DNS_PORT: u16 = 53;
 pub struct Config {
     /// Destination port in the set: a query to us; source port in the set: an answer.
     pub dns_ports: PortSet,
+    /// Per-source limit on queries (packets to a DNS port).
+    pub limit: Limit,
+    /// Mask applied to IPv6 sources, from `v6_prefix_len`.
+    pub v6_mask: [u8; 16],
+    /// Mask applied to IPv4 sources, from `v4_prefix_len`.
+    pub v4_mask: [u8; 4],
+    pub v4_prefix_len: u8,
+    pub v6_prefix_len: u8,
+    /// `FLAG_*` bits.
+    pub flags: u16,
+}
+
+impl Config {
+    pub const fn dry_run(&self) -> bool {
+        self.flags & FLAG_DRY_RUN != 0
+    }
+}
+
+/// The mask of a prefix of `len` bits over `N` bytes (`len` clamped to N × 8).
+pub const fn prefix_mask<const N: usize>(len: u8) -> [u8; N] {
+    let mut mask = [0u8; N];
+    let mut index = 0;
+    while index < N {
+        let start = index as u32 * 8;
+        let len = len as u32;
+        mask[index] = if len >= start + 8 {
+            0xff
+        } else if len <= start {
+            0
+        } else {
+            0xffu8 << (8 - (len - start))
+        };
+        index += 1;
+    }
+    mask
+}
+
+/// Address family of a source key.
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// Key of the `SOURCES` map: a source prefix. `level` leaves room for several prefix
+/// levels limited at once (e.g. /32 and /24, each with its own bucket).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Default, Debug, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    /// The masked address; IPv4 in the first 4 bytes, the rest zero.
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub prefix_len: u8,
+    pub level: u8,
+    pub _reserved: u8,
+}
+
+impl SourceKey {
+    #[inline(always)]
+    pub fn v4(addr: [u8; 4], mask: &[u8; 4], prefix_len: u8) -> Self {
+        let mut key = Self {
+            family: FAMILY_V4,
+            prefix_len,
+            ..Self::zeroed()
+        };
+        for index in 0..4 {
+            key.addr[index] = addr[index] & mask[index];
+        }
+        key
+    }
+
+    #[inline(always)]
+    pub fn v6(addr: [u8; 16], mask: &[u8; 16], prefix_len: u8) -> Self {
+        let mut key = Self {
+            family: FAMILY_V6,
+            prefix_len,
+            ..Self::zeroed()
+        };
+        for index in 0..16 {
+            key.addr[index] = addr[index] & mask[index];
+        }
+        key
+    }
+}
+
+/// Value of the `SOURCES` map: the source's bucket and what happened to its queries.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Default, Debug, PartialEq, Eq)]
+pub struct SourceState {
+    /// GCRA theoretical arrival time (ns, `bpf_ktime_get_ns` clock).
+    pub tat_ns: u64,
+    /// Queries admitted by the bucket.
+    pub passed: u64,
+    /// Queries refused by the bucket and dropped.
+    pub dropped: u64,
+    /// Queries refused by the bucket but passed because of dry-run.
+    pub would_drop: u64,
+}
+
+/// What an allow/deny list entry does.
+pub const LIST_ALLOW: u32 = 1;
+pub const LIST_DENY: u32 = 2;
+
+/// Value of the `LIST_V4`/`LIST_V6` LPM tries: the longest matching prefix decides.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Default, Debug, PartialEq, Eq)]
+pub struct ListEntry {
+    /// `LIST_ALLOW` or `LIST_DENY`.
+    pub action: u32,
+    pub _reserved: u32,
+    /// Queries that matched this entry.
+    pub hits: u64,
 }
 
 macro_rules! counters {
@@ -101,6 +289,22 @@ counters! {
     Malformed => "malformed",
     /// A non-first IP fragment: no L4 header to classify.
     Fragment => "fragment",
+    /// Queries from an allow-listed prefix: passed without a limit.
+    Allowed => "allowed",
+    /// Queries from a deny-listed prefix: dropped (passed in dry-run).
+    Denied => "denied",
+    /// Queries admitted by their source's bucket.
+    RatePassed => "rate_passed",
+    /// Queries refused by their source's bucket: dropped (passed in dry-run).
+    RateLimited => "rate_limited",
+    /// Denied or rate-limited queries passed because of dry-run.
+    DryRunWouldDrop => "dry_run_would_drop",
+    /// Sources (prefix keys) put into the table.
+    SourcesCreated => "sources_created",
+    /// Queries passed unlimited because no bucket could be stored for their source.
+    TableFull => "table_full",
+    /// Queries refused after their bucket changed under them too many times in a row.
+    RateContended => "rate_contended",
 }
 
 /// Number of counters.
@@ -226,6 +430,9 @@ mod user {
     // SAFETY: all of these are `bytemuck::Pod`: plain old data without padding.
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::SourceKey {}
+    unsafe impl aya::Pod for super::SourceState {}
+    unsafe impl aya::Pod for super::ListEntry {}
 }
 
 #[cfg(test)]
@@ -307,6 +514,129 @@ mod tests {
         sorted.dedup();
         assert_eq!(sorted.len(), seen.len());
         assert!(!seen.contains(&Counter::Packets));
-        assert_eq!(seen.len() + 1, COUNTER_COUNT);
+        assert!(seen.iter().all(|&counter| counter < Counter::Allowed));
+    }
+
+    fn per_second(rate: u64, burst: u64) -> Limit {
+        Limit::new(rate, NS_PER_SEC, burst).unwrap()
+    }
+
+    /// Packets admitted when `count` arrive at the instants `at(i)`.
+    fn admitted(limit: &Limit, count: u64, at: impl Fn(u64) -> u64) -> u64 {
+        let mut tat = 0;
+        let mut admitted = 0;
+        for index in 0..count {
+            if let Some(next) = gcra(tat, at(index), limit) {
+                tat = next;
+                admitted += 1;
+            }
+        }
+        admitted
+    }
+
+    #[test]
+    fn gcra_admits_exactly_the_burst_at_one_instant() {
+        for (rate, burst) in [
+            (1, 1),
+            (10, 20),
+            (1000, 1),
+            (10_000_000, 5000),
+            (1, 1_000_000),
+        ] {
+            let limit = per_second(rate, burst);
+            assert_eq!(limit.burst(), burst);
+            assert_eq!(
+                admitted(&limit, burst * 2 + 10, |_| 1_000_000),
+                burst,
+                "{rate}/s {burst}"
+            );
+        }
+    }
+
+    #[test]
+    fn gcra_admits_the_rate_after_the_burst() {
+        // 10/s, burst 20, one packet every millisecond from 0 to 10 s inclusive: 20 + 10 × 10.
+        let limit = per_second(10, 20);
+        assert_eq!(admitted(&limit, 10_001, |i| 5 + i * 1_000_000), 20 + 100);
+        // A source at exactly the rate is never refused.
+        assert_eq!(admitted(&limit, 1000, |i| 7 + i * 100_000_000), 1000);
+        // 10 M/s, burst 1: one packet per 100 ns, whatever arrives in between.
+        let fast = per_second(10_000_000, 1);
+        assert_eq!(admitted(&fast, 1_000_000, |i| 1 + i * 10), 100_000);
+    }
+
+    #[test]
+    fn gcra_refills_after_idle_time_but_not_beyond_the_burst() {
+        let limit = per_second(100, 5);
+        let mut tat = gcra(0, 1_000, &limit).unwrap();
+        for _ in 0..4 {
+            tat = gcra(tat, 1_000, &limit).unwrap();
+        }
+        assert_eq!(gcra(tat, 1_000, &limit), None);
+        // An hour later the bucket is full again: 5 at once, not more.
+        let later = 1_000 + 3600 * NS_PER_SEC;
+        assert_eq!(admitted(&limit, 50, |_| later), 5);
+    }
+
+    #[test]
+    fn limits_reject_zero_and_overflow() {
+        assert_eq!(Limit::new(0, NS_PER_SEC, 5), None);
+        assert_eq!(Limit::new(5, NS_PER_SEC, 0), None);
+        assert_eq!(Limit::new(2_000_000_000, NS_PER_SEC, 5), None);
+        assert_eq!(Limit::new(1, NS_PER_SEC, u64::MAX), None);
+        assert!(Limit::new(1, NS_PER_SEC, u64::from(u32::MAX)).is_some());
+        assert_eq!(
+            Limit::new(600, 60 * NS_PER_SEC, 1).unwrap().interval_ns,
+            100_000_000
+        );
+    }
+
+    #[test]
+    fn gcra_does_not_overflow_at_extreme_times() {
+        let limit = per_second(1, u64::from(u32::MAX));
+        let now = u64::MAX - (MAX_TOLERANCE_NS + 2 * NS_PER_SEC);
+        assert!(gcra(0, now, &limit).is_some());
+        assert!(gcra(now + limit.tolerance_ns, now, &limit).is_some());
+    }
+
+    #[test]
+    fn prefix_masks() {
+        assert_eq!(prefix_mask::<4>(32), [255; 4]);
+        assert_eq!(prefix_mask::<4>(24), [255, 255, 255, 0]);
+        assert_eq!(prefix_mask::<4>(0), [0; 4]);
+        assert_eq!(prefix_mask::<4>(9), [255, 128, 0, 0]);
+        let v6 = prefix_mask::<16>(64);
+        assert_eq!(v6[..8], [255; 8]);
+        assert_eq!(v6[8..], [0; 8]);
+        assert_eq!(prefix_mask::<16>(127)[15], 0xfe);
+    }
+
+    #[test]
+    fn source_keys_group_by_prefix() {
+        let mask24 = prefix_mask::<4>(24);
+        let a = SourceKey::v4([198, 18, 7, 1], &mask24, 24);
+        let b = SourceKey::v4([198, 18, 7, 200], &mask24, 24);
+        let c = SourceKey::v4([198, 18, 8, 1], &mask24, 24);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a.addr[..4], [198, 18, 7, 0]);
+        let mask32 = prefix_mask::<4>(32);
+        assert_ne!(
+            SourceKey::v4([198, 18, 7, 1], &mask32, 32),
+            SourceKey::v4([198, 18, 7, 200], &mask32, 32)
+        );
+        let mask64 = prefix_mask::<16>(64);
+        let mut x = [0x20, 1, 0, 2, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 1];
+        let p = SourceKey::v6(x, &mask64, 64);
+        x[15] = 99;
+        x[8] = 7;
+        assert_eq!(p, SourceKey::v6(x, &mask64, 64));
+        x[7] = 10;
+        assert_ne!(p, SourceKey::v6(x, &mask64, 64));
+        // The same bits in two families never collide.
+        assert_ne!(
+            SourceKey::v4([0; 4], &mask32, 32),
+            SourceKey::v6([0; 16], &[255; 16], 32)
+        );
     }
 }

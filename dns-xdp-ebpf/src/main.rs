@@ -1,26 +1,56 @@
 //! dns-xdp kernel programs.
 #![no_std]
 #![no_main]
+// The BPF target has no stable compare-and-swap: the intrinsics lower to BPF atomics.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod parse;
 
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
+
 use aya_ebpf::{
     bindings::xdp_action,
+    helpers::bpf_ktime_get_ns,
     macros::{map, xdp},
-    maps::{Array, PerCpuArray},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
 use aya_log_ebpf::error;
-use dns_xdp_common::{Config, Counter, Counters};
-use parse::Frame;
+use dns_xdp_common::{
+    Class, Config, Counter, Counters, DEFAULT_TABLE_SIZE, LIST_ALLOW, ListEntry, MAX_LIST_ENTRIES,
+    SourceKey, SourceState, gcra,
+};
+use parse::{Frame, Transport};
 
-/// Runtime configuration (DNS ports); written by the loader, read per packet.
+/// Runtime configuration (DNS ports, limit, prefixes, flags); written by the loader, read per packet.
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
-/// Packet counters by class, one `Counters` per CPU; written here, summed by the loader.
+/// Packet counters by class and decision, one `Counters` per CPU; written here, summed by the loader.
 #[map]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-source-prefix GCRA buckets and query counters; created and updated here, read by the loader.
+/// Sized by the loader (`--table-size`); when full the least recently used prefix makes room.
+#[map]
+static SOURCES: LruHashMap<SourceKey, SourceState> =
+    LruHashMap::with_max_entries(DEFAULT_TABLE_SIZE, 0);
+
+/// IPv4 allow/deny prefixes with hit counters; entries written by the loader, hits counted here.
+#[map]
+static LIST_V4: LpmTrie<[u8; 4], ListEntry> = LpmTrie::with_max_entries(MAX_LIST_ENTRIES, 0);
+
+/// IPv6 allow/deny prefixes with hit counters; entries written by the loader, hits counted here.
+#[map]
+static LIST_V6: LpmTrie<[u8; 16], ListEntry> = LpmTrie::with_max_entries(MAX_LIST_ENTRIES, 0);
+
+/// Compare-and-swap attempts on one bucket before a query is refused as contended. Each
+/// failed attempt means another CPU admitted a packet of the same source meanwhile.
+const MAX_CAS_ATTEMPTS: usize = 8;
+
+const BPF_NOEXIST: u64 = 1;
+const EEXIST: i32 = 17;
 
 #[xdp]
 pub fn dns_xdp(ctx: XdpContext) -> u32 {
@@ -41,16 +71,161 @@ pub fn dns_xdp(ctx: XdpContext) -> u32 {
 fn try_dns_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     let config = CONFIG.get(0).ok_or(())?;
     let counters = COUNTERS.get_ptr_mut(0).ok_or(())?;
-    let frame = Frame::new(ctx.data(), ctx.data_end());
-    let class = match frame.transport() {
-        Ok(transport) => transport.class(&config.dns_ports),
-        Err(class) => class,
-    };
     // SAFETY: a per-CPU array slot is only touched by programs on this CPU, one at a time.
     let counters = unsafe { &mut *counters };
+    let frame = Frame::new(ctx.data(), ctx.data_end());
+    let (class, action) = match frame.transport() {
+        Ok(transport) => {
+            let class = transport.class(&config.dns_ports);
+            let action = match class {
+                Class::Query { .. } => police_query(&frame, &transport, config, counters),
+                _ => xdp_action::XDP_PASS,
+            };
+            (class, action)
+        }
+        Err(class) => (class, xdp_action::XDP_PASS),
+    };
     counters.bump(Counter::Packets);
     counters.bump(class.counter());
-    Ok(xdp_action::XDP_PASS)
+    Ok(action)
+}
+
+/// The verdict on a query: allow/deny lists first (longest prefix wins), then the
+/// source's bucket.
+#[inline(always)]
+fn police_query(
+    frame: &Frame,
+    transport: &Transport,
+    config: &Config,
+    counters: &mut Counters,
+) -> u32 {
+    let (key, listed) = if transport.ipv6 {
+        let Ok(addr) = frame.ipv6_source(transport.l3) else {
+            return xdp_action::XDP_PASS;
+        };
+        (
+            SourceKey::v6(addr, &config.v6_mask, config.v6_prefix_len),
+            LIST_V6.get(Key::new(128, addr)),
+        )
+    } else {
+        let Ok(addr) = frame.ipv4_source(transport.l3) else {
+            return xdp_action::XDP_PASS;
+        };
+        (
+            SourceKey::v4(addr, &config.v4_mask, config.v4_prefix_len),
+            LIST_V4.get(Key::new(32, addr)),
+        )
+    };
+    if let Some(entry) = listed {
+        atomic_add(core::ptr::from_ref(&entry.hits).cast_mut(), 1);
+        if entry.action == LIST_ALLOW {
+            counters.bump(Counter::Allowed);
+            return xdp_action::XDP_PASS;
+        }
+        counters.bump(Counter::Denied);
+        return refuse(config, counters);
+    }
+    if !config.limit.is_on() {
+        return xdp_action::XDP_PASS;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let state = match SOURCES.get_ptr_mut(key) {
+        Some(state) => state,
+        None => {
+            // A new source: its first packet always conforms (burst >= 1).
+            let fresh = SourceState {
+                tat_ns: now + config.limit.interval_ns,
+                passed: 1,
+                dropped: 0,
+                would_drop: 0,
+            };
+            match SOURCES.insert(key, fresh, BPF_NOEXIST) {
+                Ok(()) => {
+                    counters.bump(Counter::SourcesCreated);
+                    counters.bump(Counter::RatePassed);
+                    return xdp_action::XDP_PASS;
+                }
+                // Another CPU created it first: take from its bucket below.
+                Err(EEXIST) => match SOURCES.get_ptr_mut(key) {
+                    Some(state) => state,
+                    None => return table_full(counters),
+                },
+                Err(_) => return table_full(counters),
+            }
+        }
+    };
+    // SAFETY: `state` points into the map value; every field is updated atomically.
+    let state = unsafe { &mut *state };
+    match take(&mut state.tat_ns, now, config) {
+        Take::Admitted => {
+            atomic_add(&mut state.passed, 1);
+            counters.bump(Counter::RatePassed);
+            xdp_action::XDP_PASS
+        }
+        Take::Refused | Take::Contended => {
+            counters.bump(Counter::RateLimited);
+            if config.dry_run() {
+                atomic_add(&mut state.would_drop, 1);
+            } else {
+                atomic_add(&mut state.dropped, 1);
+            }
+            refuse(config, counters)
+        }
+    }
+}
+
+enum Take {
+    Admitted,
+    Refused,
+    Contended,
+}
+
+/// One GCRA step on a shared bucket: exact under concurrency, since every admission
+/// moves `tat` forward by one interval with a compare-and-swap.
+#[inline(always)]
+fn take(tat: *mut u64, now: u64, config: &Config) -> Take {
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let current = unsafe { core::ptr::read_volatile(tat) };
+        match gcra(current, now, &config.limit) {
+            None => return Take::Refused,
+            Some(next) => {
+                // SAFETY: `tat` is an aligned u64 in a map value.
+                let (_, swapped) = unsafe {
+                    atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                        tat, current, next,
+                    )
+                };
+                if swapped {
+                    return Take::Admitted;
+                }
+            }
+        }
+    }
+    Take::Contended
+}
+
+/// Drop, or pass and count in dry-run.
+#[inline(always)]
+fn refuse(config: &Config, counters: &mut Counters) -> u32 {
+    if config.dry_run() {
+        counters.bump(Counter::DryRunWouldDrop);
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_DROP
+    }
+}
+
+/// No bucket could be stored: fail open, counted.
+#[inline(always)]
+fn table_full(counters: &mut Counters) -> u32 {
+    counters.bump(Counter::TableFull);
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn atomic_add(target: *mut u64, value: u64) {
+    // SAFETY: `target` is an aligned u64 in a map value.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(target, value) };
 }
 
 /// Minimal program for benchmarks: the cost of running any XDP program at all.

@@ -45,6 +45,8 @@ const MAX_HEADER_OFFSET: usize = 0x3fff;
 pub struct Transport {
     pub l4: L4,
     pub ipv6: bool,
+    /// Offset of the IP header, to read the source address when it is needed.
+    pub l3: usize,
     pub src_port: u16,
     pub dst_port: u16,
 }
@@ -65,6 +67,7 @@ pub struct Frame {
 
 /// The IP payload: where it starts, where it ends (by the IP length fields), and what it is.
 struct IpPayload {
+    l3: usize,
     offset: usize,
     end: usize,
     protocol: u8,
@@ -100,6 +103,20 @@ impl Frame {
     #[inline(always)]
     fn len(&self) -> usize {
         self.end - self.start
+    }
+
+    /// The source address of the IPv4 header at `l3`.
+    #[inline(always)]
+    pub fn ipv4_source(&self, l3: usize) -> Result<[u8; 4], Class> {
+        let ip: *const Ipv4Hdr = self.ptr_at(l3)?;
+        Ok(unsafe { (*ip).src_addr })
+    }
+
+    /// The source address of the IPv6 header at `l3`.
+    #[inline(always)]
+    pub fn ipv6_source(&self, l3: usize) -> Result<[u8; 16], Class> {
+        let ip: *const Ipv6Hdr = self.ptr_at(l3)?;
+        Ok(unsafe { (*ip).src_addr })
     }
 
     /// Parses down to the transport header. `Err` carries the final class of frames
@@ -150,6 +167,7 @@ impl Frame {
             return Err(Class::Malformed);
         }
         let mut payload = IpPayload {
+            l3,
             offset: l3 + header_len,
             end: l3 + total_len,
             protocol: ip.proto,
@@ -226,6 +244,7 @@ impl Frame {
                         return Err(Class::Fragment);
                     }
                     return Ok(IpPayload {
+                        l3,
                         offset,
                         end,
                         protocol,
@@ -271,6 +290,7 @@ impl Frame {
         Ok(Transport {
             l4: L4::Udp,
             ipv6: ip.ipv6,
+            l3: ip.l3,
             src_port: be16(udp.src),
             dst_port: be16(udp.dst),
         })
@@ -287,6 +307,7 @@ impl Frame {
         Ok(Transport {
             l4: L4::Tcp,
             ipv6: ip.ipv6,
+            l3: ip.l3,
             src_port: be16(tcp.source),
             dst_port: be16(tcp.dest),
         })

@@ -3,5 +3,7 @@
 
 pub mod programs;
 pub mod report;
+pub mod settings;
 
 pub use programs::{Attachment, Mode, Programs};
+pub use settings::Settings;

@@ -5,11 +5,11 @@ use std::{process::ExitCode, time::Instant};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use dns_xdp::{
-    Attachment, Mode,
-    programs::config_for_ports,
-    report::{self, Event},
+    Attachment, Mode, Settings,
+    report::{Event, Report},
+    settings::{DEFAULT_BURST, DEFAULT_V4_PREFIX, DEFAULT_V6_PREFIX, IpNet, Rate, parse_cidr},
 };
-use dns_xdp_common::DNS_PORT;
+use dns_xdp_common::{DEFAULT_TABLE_SIZE, DNS_PORT};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -47,6 +47,51 @@ struct AttachArgs {
     /// Print counters as one JSON object per line.
     #[arg(long)]
     json: bool,
+    /// Per-source query rate: N, N/s, N/min or N/hour (hashlimit's --hashlimit-above).
+    /// Without it, queries are not rate limited.
+    #[arg(long, value_name = "RATE")]
+    rate: Option<Rate>,
+    /// Queries a source may send at once before the rate applies (hashlimit's --hashlimit-burst).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_BURST, requires = "rate")]
+    burst: u32,
+    /// IPv4 sources share a bucket per prefix of this length (hashlimit's --hashlimit-srcmask).
+    #[arg(long, value_name = "BITS", default_value_t = DEFAULT_V4_PREFIX)]
+    v4_prefix: u8,
+    /// IPv6 sources share a bucket per prefix of this length.
+    #[arg(long, value_name = "BITS", default_value_t = DEFAULT_V6_PREFIX)]
+    v6_prefix: u8,
+    /// Source prefixes tracked at once; when full, the least recently seen makes room.
+    #[arg(long, value_name = "ENTRIES", default_value_t = DEFAULT_TABLE_SIZE)]
+    table_size: u32,
+    /// Never limit queries from this prefix (repeatable). The longest matching prefix of
+    /// --allow and --deny decides.
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    allow: Vec<IpNet>,
+    /// Always drop queries from this prefix (repeatable).
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    deny: Vec<IpNet>,
+    /// Drop nothing: count what would be dropped, globally and per source.
+    #[arg(long)]
+    dry_run: bool,
+    /// Sources shown in each report, by refused queries (0: none).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    top: usize,
+}
+
+impl AttachArgs {
+    fn settings(&self) -> Settings {
+        Settings {
+            ports: self.ports.clone(),
+            rate: self.rate,
+            burst: self.burst,
+            v4_prefix: self.v4_prefix,
+            v6_prefix: self.v6_prefix,
+            table_size: self.table_size,
+            allow: self.allow.clone(),
+            deny: self.deny.clone(),
+            dry_run: self.dry_run,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -106,13 +151,23 @@ fn main() -> ExitCode {
 }
 
 async fn attach(args: AttachArgs) -> anyhow::Result<()> {
-    let config = config_for_ports(&args.ports);
-    let mut attachment = Attachment::attach(&args.iface, args.mode.into(), &config)?;
+    let settings = args.settings();
+    let mut attachment = Attachment::attach(&args.iface, args.mode.into(), &settings)?;
+    let limit = match settings.rate {
+        Some(rate) => format!(
+            "{rate} per /{} (IPv4) and /{} (IPv6) prefix, burst {}",
+            settings.v4_prefix, settings.v6_prefix, settings.burst
+        ),
+        None => "no rate limit".to_owned(),
+    };
     log::info!(
-        "attached to {} ({:?} mode), DNS ports {:?}",
+        "attached to {} ({:?} mode), DNS ports {:?}, {limit}, {} allow / {} deny prefixes{}",
         args.iface,
         Mode::from(args.mode),
-        args.ports
+        args.ports,
+        settings.allow.len(),
+        settings.deny.len(),
+        if settings.dry_run { ", dry run" } else { "" }
     );
     let result = run_until_signal(&mut attachment, &args).await;
     // Detach whatever happened while running; report the first error.
@@ -142,15 +197,28 @@ async fn run_until_signal(attachment: &mut Attachment, args: &AttachArgs) -> any
     let mut ticker = interval(args.stats_interval.unwrap_or(Duration::from_secs(3600)));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
     ticker.tick().await;
-    let print = |event: Event, attachment: &Attachment| -> anyhow::Result<()> {
-        let counters = attachment.counters()?;
-        let elapsed = started.elapsed().as_secs_f64();
-        let line = if args.json {
-            report::json_line(event, attachment.iface(), elapsed, &counters)
-        } else {
-            report::text_line(event, attachment.iface(), elapsed, &counters)
+    let print = |event: Event, attachment: &mut Attachment| -> anyhow::Result<()> {
+        let programs = attachment.programs();
+        let report = Report {
+            event,
+            iface: &args.iface,
+            elapsed_s: started.elapsed().as_secs_f64(),
+            counters: programs.counters()?,
+            top: if args.top > 0 {
+                programs.top_sources(args.top)?
+            } else {
+                Vec::new()
+            },
+            lists: programs.lists()?,
         };
-        println!("{line}");
+        println!(
+            "{}",
+            if args.json {
+                report.json()
+            } else {
+                report.text()
+            }
+        );
         Ok(())
     };
     loop {

@@ -3,12 +3,19 @@
 use std::ffi::CString;
 
 use anyhow::{Context as _, bail};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
 use aya::{
-    Ebpf,
-    maps::{Array, MapData, PerCpuArray},
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
-use dns_xdp_common::{Config, Counters, PortSet};
+use dns_xdp_common::{
+    Config, Counters, FAMILY_V4, LIST_ALLOW, LIST_DENY, ListEntry, SourceKey, SourceState,
+};
+use ipnet::IpNet;
+
+use crate::settings::Settings;
 
 /// The eBPF object built by build.rs, embedded in the binary.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dns-xdp"));
@@ -30,13 +37,43 @@ pub fn ebpf_object() -> anyhow::Result<&'static [u8]> {
     Ok(EBPF_OBJECT)
 }
 
-/// Builds the kernel-side configuration from a list of DNS ports.
-pub fn config_for_ports(ports: &[u16]) -> Config {
-    let mut dns_ports = PortSet::EMPTY;
-    for &port in ports {
-        dns_ports.insert(port);
+/// A source prefix with what happened to its queries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceReport {
+    pub prefix: IpNet,
+    pub passed: u64,
+    pub dropped: u64,
+    pub would_drop: u64,
+}
+
+impl SourceReport {
+    fn new(key: &SourceKey, state: &SourceState) -> Self {
+        let addr = if key.family == FAMILY_V4 {
+            let [a, b, c, d, ..] = key.addr;
+            IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(key.addr))
+        };
+        Self {
+            prefix: IpNet::new(addr, key.prefix_len).unwrap_or_else(|_| IpNet::from(addr)),
+            passed: state.passed,
+            dropped: state.dropped,
+            would_drop: state.would_drop,
+        }
     }
-    Config { dns_ports }
+
+    /// Queries its bucket refused, dropped or (dry-run) not.
+    pub fn refused(&self) -> u64 {
+        self.dropped + self.would_drop
+    }
+}
+
+/// An allow/deny list entry and how many queries it matched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListReport {
+    pub prefix: IpNet,
+    pub allow: bool,
+    pub hits: u64,
 }
 
 /// How the XDP program is attached.
@@ -68,12 +105,17 @@ pub struct Programs {
 }
 
 impl Programs {
-    /// Loads every program of the object into the kernel and writes `config`.
-    pub fn load(config: &Config) -> anyhow::Result<Self> {
-        let mut ebpf = Ebpf::load(ebpf_object()?).map_err(|error| {
-            let hint = load_hint(&error);
-            anyhow::Error::new(error).context(format!("loading the eBPF object failed{hint}"))
-        })?;
+    /// Loads every program of the object into the kernel, sized and configured by
+    /// `settings` (validated here: nothing is loaded if they are wrong).
+    pub fn load(settings: &Settings) -> anyhow::Result<Self> {
+        let config = settings.config()?;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("SOURCES", settings.table_size)
+            .load(ebpf_object()?)
+            .map_err(|error| {
+                let hint = load_hint(&error);
+                anyhow::Error::new(error).context(format!("loading the eBPF object failed{hint}"))
+            })?;
         for name in [XDP_PROGRAM, XDP_PASS_PROGRAM] {
             let program: &mut Xdp = ebpf
                 .program_mut(name)
@@ -86,8 +128,82 @@ impl Programs {
             })?;
         }
         let mut programs = Self { ebpf };
-        programs.set_config(config)?;
+        programs.set_config(&config)?;
+        for (list, allow) in [(&settings.allow, true), (&settings.deny, false)] {
+            for prefix in list {
+                programs.list_insert(*prefix, allow)?;
+            }
+        }
         Ok(programs)
+    }
+
+    /// Adds or replaces an allow (or deny) entry; its hit count starts at 0.
+    pub fn list_insert(&mut self, prefix: IpNet, allow: bool) -> anyhow::Result<()> {
+        let entry = ListEntry {
+            action: if allow { LIST_ALLOW } else { LIST_DENY },
+            ..ListEntry::default()
+        };
+        let len = u32::from(prefix.prefix_len());
+        let result = match prefix.addr() {
+            IpAddr::V4(addr) => {
+                let mut trie: LpmTrie<&mut MapData, [u8; 4], ListEntry> =
+                    LpmTrie::try_from(self.ebpf.map_mut("LIST_V4").context("LIST_V4 missing")?)?;
+                trie.insert(&Key::new(len, addr.octets()), entry, 0)
+            }
+            IpAddr::V6(addr) => {
+                let mut trie: LpmTrie<&mut MapData, [u8; 16], ListEntry> =
+                    LpmTrie::try_from(self.ebpf.map_mut("LIST_V6").context("LIST_V6 missing")?)?;
+                trie.insert(&Key::new(len, addr.octets()), entry, 0)
+            }
+        };
+        result.with_context(|| format!("adding {prefix} to the lists"))
+    }
+
+    /// Every list entry with its hits.
+    pub fn lists(&self) -> anyhow::Result<Vec<ListReport>> {
+        let mut reports = Vec::new();
+        let v4: LpmTrie<&MapData, [u8; 4], ListEntry> =
+            LpmTrie::try_from(self.ebpf.map("LIST_V4").context("LIST_V4 missing")?)?;
+        for item in v4.iter() {
+            let (key, entry) = item?;
+            let addr = IpAddr::V4(Ipv4Addr::from(key.data()));
+            reports.push(list_report(addr, key.prefix_len(), &entry)?);
+        }
+        let v6: LpmTrie<&MapData, [u8; 16], ListEntry> =
+            LpmTrie::try_from(self.ebpf.map("LIST_V6").context("LIST_V6 missing")?)?;
+        for item in v6.iter() {
+            let (key, entry) = item?;
+            let addr = IpAddr::V6(Ipv6Addr::from(key.data()));
+            reports.push(list_report(addr, key.prefix_len(), &entry)?);
+        }
+        Ok(reports)
+    }
+
+    /// Every source prefix in the table, with its counters.
+    pub fn sources(&self) -> anyhow::Result<Vec<SourceReport>> {
+        let map: HashMap<&MapData, SourceKey, SourceState> =
+            HashMap::try_from(self.ebpf.map("SOURCES").context("SOURCES map missing")?)?;
+        let mut sources = Vec::new();
+        for item in map.iter() {
+            // An entry evicted while we walk ends the walk early; what we have is still true.
+            let Ok((key, state)) = item else { break };
+            sources.push(SourceReport::new(&key, &state));
+        }
+        Ok(sources)
+    }
+
+    /// The `limit` sources whose buckets refused the most queries (none refused: none).
+    pub fn top_sources(&self, limit: usize) -> anyhow::Result<Vec<SourceReport>> {
+        let mut sources: Vec<_> = self
+            .sources()?
+            .into_iter()
+            .filter(|source| source.refused() > 0)
+            .collect();
+        sources.sort_by(|a, b| {
+            (b.refused(), b.passed, a.prefix).cmp(&(a.refused(), a.passed, b.prefix))
+        });
+        sources.truncate(limit);
+        Ok(sources)
     }
 
     /// Writes the configuration map; the programs see it from their next packet on.
@@ -135,12 +251,12 @@ pub struct Attachment {
 impl Attachment {
     /// Checks the preconditions, loads, configures and attaches. On any error nothing
     /// stays attached.
-    pub fn attach(iface: &str, mode: Mode, config: &Config) -> anyhow::Result<Self> {
+    pub fn attach(iface: &str, mode: Mode, settings: &Settings) -> anyhow::Result<Self> {
         if unsafe { libc::geteuid() } != 0 {
             bail!("dns-xdp must run as root to load eBPF programs; try `sudo dns-xdp ...`");
         }
         if_index(iface)?;
-        let mut programs = Programs::load(config)?;
+        let mut programs = Programs::load(settings)?;
         let link = programs
             .xdp(XDP_PROGRAM)?
             .attach(iface, mode.xdp_mode())
@@ -174,6 +290,14 @@ impl Attachment {
         }
         Ok(())
     }
+}
+
+fn list_report(addr: IpAddr, len: u32, entry: &ListEntry) -> anyhow::Result<ListReport> {
+    Ok(ListReport {
+        prefix: IpNet::new(addr, u8::try_from(len)?)?,
+        allow: entry.action == LIST_ALLOW,
+        hits: entry.hits,
+    })
 }
 
 /// The index of a network interface, or an error that says how to find the right name.

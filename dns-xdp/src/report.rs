@@ -1,7 +1,9 @@
-//! Counter output: `name=value` text for people, one JSON object per line for scripts.
+//! Output: `name=value` text and tables for people, one JSON object per line for scripts.
 
 use dns_xdp_common::{Counter, Counters};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
+
+use crate::programs::{ListReport, SourceReport};
 
 /// Which report a line is: periodic, or the last one before exit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,28 +21,104 @@ impl Event {
     }
 }
 
-/// One JSON object: `{"event":..,"iface":..,"elapsed_s":..,"counters":{name: value..}}`.
-pub fn json_line(event: Event, iface: &str, elapsed_s: f64, counters: &Counters) -> String {
-    let counters: Map<String, Value> = Counter::ALL
-        .iter()
-        .map(|&counter| (counter.name().to_owned(), counters.get(counter).into()))
-        .collect();
-    serde_json::json!({
-        "event": event.name(),
-        "iface": iface,
-        "elapsed_s": (elapsed_s * 1000.0).round() / 1000.0,
-        "counters": counters,
-    })
-    .to_string()
+/// One report: the counters, the sources refused most, and the list entries' hits.
+pub struct Report<'a> {
+    pub event: Event,
+    pub iface: &'a str,
+    pub elapsed_s: f64,
+    pub counters: Counters,
+    pub top: Vec<SourceReport>,
+    pub lists: Vec<ListReport>,
 }
 
-/// One human line: `[  12.0s] eth0 stats: packets=120 query_udp4=10 ...`.
-pub fn text_line(event: Event, iface: &str, elapsed_s: f64, counters: &Counters) -> String {
-    let mut line = format!("[{elapsed_s:7.1}s] {iface} {}:", event.name());
-    for &counter in Counter::ALL {
-        line.push_str(&format!(" {}={}", counter.name(), counters.get(counter)));
+impl Report<'_> {
+    /// `{"event":..,"iface":..,"elapsed_s":..,"counters":{..},"top":[..],"lists":[..]}`.
+    pub fn json(&self) -> String {
+        let counters: Map<String, Value> = Counter::ALL
+            .iter()
+            .map(|&counter| (counter.name().to_owned(), self.counters.get(counter).into()))
+            .collect();
+        let top: Vec<Value> = self
+            .top
+            .iter()
+            .map(|source| {
+                json!({
+                    "prefix": source.prefix.to_string(),
+                    "passed": source.passed,
+                    "dropped": source.dropped,
+                    "would_drop": source.would_drop,
+                })
+            })
+            .collect();
+        let lists: Vec<Value> = self
+            .lists
+            .iter()
+            .map(|entry| {
+                json!({
+                    "prefix": entry.prefix.to_string(),
+                    "action": if entry.allow { "allow" } else { "deny" },
+                    "hits": entry.hits,
+                })
+            })
+            .collect();
+        json!({
+            "event": self.event.name(),
+            "iface": self.iface,
+            "elapsed_s": (self.elapsed_s * 1000.0).round() / 1000.0,
+            "counters": counters,
+            "top": top,
+            "lists": lists,
+        })
+        .to_string()
     }
-    line
+
+    /// A counters line (`[  12.0s] eth0 stats: packets=120 ...`), then the tables that
+    /// have rows.
+    pub fn text(&self) -> String {
+        let mut text = format!(
+            "[{:7.1}s] {} {}:",
+            self.elapsed_s,
+            self.iface,
+            self.event.name()
+        );
+        for &counter in Counter::ALL {
+            text.push_str(&format!(
+                " {}={}",
+                counter.name(),
+                self.counters.get(counter)
+            ));
+        }
+        if !self.top.is_empty() {
+            text.push_str(&format!(
+                "\n  {:<43} {:>12} {:>12} {:>12}",
+                "top sources by refused queries", "dropped", "would_drop", "passed"
+            ));
+            for source in &self.top {
+                text.push_str(&format!(
+                    "\n  {:<43} {:>12} {:>12} {:>12}",
+                    source.prefix.to_string(),
+                    source.dropped,
+                    source.would_drop,
+                    source.passed
+                ));
+            }
+        }
+        if !self.lists.is_empty() {
+            text.push_str(&format!(
+                "\n  {:<43} {:>12} {:>12}",
+                "list entry", "action", "hits"
+            ));
+            for entry in &self.lists {
+                let action = if entry.allow { "allow" } else { "deny" };
+                text.push_str(&format!(
+                    "\n  {:<43} {action:>12} {:>12}",
+                    entry.prefix.to_string(),
+                    entry.hits
+                ));
+            }
+        }
+        text
+    }
 }
 
 /// Parses a `counters` object of a JSON line back into `Counters` (for tests and tools).
@@ -57,26 +135,55 @@ pub fn counters_from_json(line: &Value) -> Option<Counters> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn json_line_round_trips_every_counter() {
+    fn report(event: Event) -> Report<'static> {
         let mut counters = Counters::default();
         for (index, value) in counters.values.iter_mut().enumerate() {
             *value = index as u64 * 1000 + 7;
         }
-        let line = json_line(Event::Final, "veth0", 1.23456, &counters);
-        let parsed: Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(parsed["event"], "final");
-        assert_eq!(parsed["iface"], "veth0");
-        assert_eq!(parsed["elapsed_s"], 1.235);
-        assert_eq!(counters_from_json(&parsed), Some(counters));
+        Report {
+            event,
+            iface: "veth0",
+            elapsed_s: 1.23456,
+            counters,
+            top: vec![SourceReport {
+                prefix: "198.18.0.0/24".parse().unwrap(),
+                passed: 20,
+                dropped: 80,
+                would_drop: 0,
+            }],
+            lists: vec![ListReport {
+                prefix: "2001:db8::/32".parse().unwrap(),
+                allow: false,
+                hits: 3,
+            }],
+        }
     }
 
     #[test]
-    fn text_line_names_every_counter() {
-        let line = text_line(Event::Stats, "eth0", 2.0, &Counters::default());
-        assert!(line.starts_with("[    2.0s] eth0 stats: packets=0"));
+    fn json_line_round_trips_every_counter() {
+        let report = report(Event::Final);
+        let parsed: Value = serde_json::from_str(&report.json()).unwrap();
+        assert_eq!(parsed["event"], "final");
+        assert_eq!(parsed["iface"], "veth0");
+        assert_eq!(parsed["elapsed_s"], 1.235);
+        assert_eq!(counters_from_json(&parsed), Some(report.counters));
+        assert_eq!(parsed["top"][0]["prefix"], "198.18.0.0/24");
+        assert_eq!(parsed["top"][0]["dropped"], 80);
+        assert_eq!(parsed["lists"][0]["action"], "deny");
+        assert_eq!(parsed["lists"][0]["hits"], 3);
+    }
+
+    #[test]
+    fn text_names_every_counter_and_shows_the_tables() {
+        let text = report(Event::Stats).text();
+        assert!(
+            text.starts_with("[    1.2s] veth0 stats: packets=7"),
+            "{text}"
+        );
         for counter in Counter::ALL {
-            assert!(line.contains(&format!(" {}=0", counter.name())), "{line}");
+            assert!(text.contains(&format!(" {}=", counter.name())), "{text}");
         }
+        assert!(text.contains("198.18.0.0/24"), "{text}");
+        assert!(text.contains("2001:db8::/32"), "{text}");
     }
 }

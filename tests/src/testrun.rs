@@ -1,17 +1,14 @@
 //! Runs the loaded XDP program on crafted frames with BPF_PROG_TEST_RUN.
 
 use aya::programs::{TestRun, TestRunOptions};
-use dns_xdp::{
-    Programs,
-    programs::{XDP_PROGRAM, config_for_ports},
-};
+use dns_xdp::{Programs, Settings, programs::XDP_PROGRAM};
 use dns_xdp_common::{Counter, Counters};
 
 /// XDP verdicts, as the kernel numbers them.
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 
-/// The programs, loaded but not attached, with the default configuration (port 53).
+/// The programs, loaded but not attached.
 pub struct Harness {
     programs: Programs,
 }
@@ -35,9 +32,17 @@ impl Outcome {
 }
 
 impl Harness {
+    /// Loaded with these DNS ports and nothing else configured.
     pub fn new(ports: &[u16]) -> anyhow::Result<Self> {
+        Self::with(&Settings {
+            ports: ports.to_vec(),
+            ..Settings::default()
+        })
+    }
+
+    pub fn with(settings: &Settings) -> anyhow::Result<Self> {
         Ok(Self {
-            programs: Programs::load(&config_for_ports(ports))?,
+            programs: Programs::load(settings)?,
         })
     }
 
