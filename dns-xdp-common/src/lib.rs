@@ -120,6 +120,10 @@ pub const fn gcra(tat: u64, now: u64, limit: &Limit) -> Option<u64> {
 
 /// Config flag: count would-be drops, drop nothing.
 pub const FLAG_DRY_RUN: u16 = 1;
+/// Config flag: the IPv4 allow/deny list has entries (else its lookup is skipped).
+pub const FLAG_LIST_V4: u16 = 2;
+/// Config flag: the IPv6 allow/deny list has entries.
+pub const FLAG_LIST_V6: u16 = 4;
 
 /// Runtime configuration, the single entry of the `CONFIG` array map. The loader writes
 /// it before attaching; the programs read it once per packet.
@@ -141,8 +145,15 @@ pub struct Config {
 }
 
 impl Config {
+    #[inline(always)]
     pub const fn dry_run(&self) -> bool {
         self.flags & FLAG_DRY_RUN != 0
+    }
+
+    /// Whether the allow/deny list of this family has entries to look up.
+    #[inline(always)]
+    pub const fn has_list(&self, ipv6: bool) -> bool {
+        self.flags & if ipv6 { FLAG_LIST_V6 } else { FLAG_LIST_V4 } != 0
     }
 }
 

@@ -90,8 +90,35 @@ fn try_dns_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     Ok(action)
 }
 
+/// A query's source address.
+enum Source {
+    V4([u8; 4]),
+    V6([u8; 16]),
+}
+
+impl Source {
+    /// The allow/deny entry with the longest prefix matching this source, if any.
+    #[inline(always)]
+    fn listed(&self, config: &Config) -> Option<&'static ListEntry> {
+        match self {
+            Source::V4(addr) if config.has_list(false) => LIST_V4.get(Key::new(32, *addr)),
+            Source::V6(addr) if config.has_list(true) => LIST_V6.get(Key::new(128, *addr)),
+            _ => None,
+        }
+    }
+
+    /// The key of this source's bucket: its address masked to the configured prefix.
+    #[inline(always)]
+    fn key(&self, config: &Config) -> SourceKey {
+        match self {
+            Source::V4(addr) => SourceKey::v4(*addr, &config.v4_mask, config.v4_prefix_len),
+            Source::V6(addr) => SourceKey::v6(*addr, &config.v6_mask, config.v6_prefix_len),
+        }
+    }
+}
+
 /// The verdict on a query: allow/deny lists first (longest prefix wins), then the
-/// source's bucket.
+/// source's bucket. With neither configured, the source address is not even read.
 #[inline(always)]
 fn police_query(
     frame: &Frame,
@@ -99,24 +126,18 @@ fn police_query(
     config: &Config,
     counters: &mut Counters,
 ) -> u32 {
-    let (key, listed) = if transport.ipv6 {
-        let Ok(addr) = frame.ipv6_source(transport.l3) else {
-            return xdp_action::XDP_PASS;
-        };
-        (
-            SourceKey::v6(addr, &config.v6_mask, config.v6_prefix_len),
-            LIST_V6.get(Key::new(128, addr)),
-        )
+    if !config.limit.is_on() && !config.has_list(transport.ipv6) {
+        return xdp_action::XDP_PASS;
+    }
+    let source = if transport.ipv6 {
+        frame.ipv6_source(transport.l3).map(Source::V6)
     } else {
-        let Ok(addr) = frame.ipv4_source(transport.l3) else {
-            return xdp_action::XDP_PASS;
-        };
-        (
-            SourceKey::v4(addr, &config.v4_mask, config.v4_prefix_len),
-            LIST_V4.get(Key::new(32, addr)),
-        )
+        frame.ipv4_source(transport.l3).map(Source::V4)
     };
-    if let Some(entry) = listed {
+    let Ok(source) = source else {
+        return xdp_action::XDP_PASS;
+    };
+    if let Some(entry) = source.listed(config) {
         atomic_add(core::ptr::from_ref(&entry.hits).cast_mut(), 1);
         if entry.action == LIST_ALLOW {
             counters.bump(Counter::Allowed);
@@ -128,6 +149,7 @@ fn police_query(
     if !config.limit.is_on() {
         return xdp_action::XDP_PASS;
     }
+    let key = source.key(config);
     let now = unsafe { bpf_ktime_get_ns() };
     let state = match SOURCES.get_ptr_mut(key) {
         Some(state) => state,

@@ -137,8 +137,9 @@ impl Programs {
         Ok(programs)
     }
 
-    /// Adds or replaces an allow (or deny) entry; its hit count starts at 0.
-    pub fn list_insert(&mut self, prefix: IpNet, allow: bool) -> anyhow::Result<()> {
+    /// Adds or replaces an allow (or deny) entry; its hit count starts at 0. Private: the
+    /// config's list flags must say the list has entries.
+    fn list_insert(&mut self, prefix: IpNet, allow: bool) -> anyhow::Result<()> {
         let entry = ListEntry {
             action: if allow { LIST_ALLOW } else { LIST_DENY },
             ..ListEntry::default()

@@ -4,8 +4,8 @@ use std::{fmt, net::IpAddr, str::FromStr};
 
 use anyhow::{Context as _, bail, ensure};
 use dns_xdp_common::{
-    Config, DEFAULT_TABLE_SIZE, FLAG_DRY_RUN, Limit, MAX_LIST_ENTRIES, NS_PER_SEC, PortSet,
-    prefix_mask,
+    Config, DEFAULT_TABLE_SIZE, FLAG_DRY_RUN, FLAG_LIST_V4, FLAG_LIST_V6, Limit, MAX_LIST_ENTRIES,
+    NS_PER_SEC, PortSet, prefix_mask,
 };
 pub use ipnet::IpNet;
 
@@ -189,8 +189,28 @@ impl Settings {
             v4_mask: prefix_mask(self.v4_prefix),
             v4_prefix_len: self.v4_prefix,
             v6_prefix_len: self.v6_prefix,
-            flags: if self.dry_run { FLAG_DRY_RUN } else { 0 },
+            flags: self.flags(),
         })
+    }
+
+    fn flags(&self) -> u16 {
+        let listed = |v4: bool| {
+            self.allow
+                .iter()
+                .chain(&self.deny)
+                .any(|net| matches!(net, IpNet::V4(_)) == v4)
+        };
+        let mut flags = 0;
+        for (on, flag) in [
+            (self.dry_run, FLAG_DRY_RUN),
+            (listed(true), FLAG_LIST_V4),
+            (listed(false), FLAG_LIST_V6),
+        ] {
+            if on {
+                flags |= flag;
+            }
+        }
+        flags
     }
 }
 
@@ -318,6 +338,13 @@ mod tests {
         assert_eq!(config.v4_mask, [255, 255, 255, 0]);
         assert_eq!(config.v6_mask[5..7], [255, 0]);
         assert!(config.dry_run());
+        assert!(!config.has_list(false) && !config.has_list(true));
+        let listed = Settings {
+            deny: vec![parse_cidr("2001:db8::/32").unwrap()],
+            ..Settings::default()
+        };
+        let listed = listed.config().unwrap();
+        assert!(!listed.has_list(false) && listed.has_list(true));
         assert!(config.dns_ports.contains(853) && !config.dns_ports.contains(54));
         assert!(!Settings::default().config().unwrap().limit.is_on());
     }

@@ -92,14 +92,19 @@ impl Drop for Responder {
     }
 }
 
-/// Sends `query` over UDP from a fresh socket and waits for the answer with its ID.
-pub fn udp_exchange(server: SocketAddr, query: &[u8], fragment: bool) -> anyhow::Result<Vec<u8>> {
-    let local: SocketAddr = if server.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    }
-    .parse()?;
+/// Sends `query` over UDP from a fresh socket (bound to `source` if given) and waits for
+/// the answer with its ID. `fragment`: let IPv4 fragment a query larger than the MTU.
+pub fn udp_exchange(
+    source: Option<std::net::IpAddr>,
+    server: SocketAddr,
+    query: &[u8],
+    fragment: bool,
+) -> anyhow::Result<Vec<u8>> {
+    let local = match source {
+        Some(addr) => SocketAddr::new(addr, 0),
+        None if server.is_ipv4() => "0.0.0.0:0".parse()?,
+        None => "[::]:0".parse()?,
+    };
     let socket = UdpSocket::bind(local)?;
     if fragment && server.is_ipv4() {
         // Let the kernel fragment datagrams larger than the MTU (no DF bit).
@@ -128,6 +133,31 @@ pub fn udp_exchange(server: SocketAddr, query: &[u8], fragment: bool) -> anyhow:
     buf.truncate(len);
     anyhow::ensure!(buf[..2] == query[..2], "answer with another ID");
     Ok(buf)
+}
+
+/// Sends `count` queries from `source` (an address of this namespace) to `server`, one
+/// every `spacing`, then collects answers until none comes for a while. Returns the
+/// answers received and the time from the first send to the last.
+pub fn udp_flood(
+    source: std::net::IpAddr,
+    server: SocketAddr,
+    count: u16,
+    spacing: Duration,
+) -> anyhow::Result<(usize, Duration)> {
+    let socket = UdpSocket::bind(SocketAddr::new(source, 0))?;
+    let started = std::time::Instant::now();
+    for id in 0..count {
+        socket.send_to(&crate::packet::dns_query(id, "example.com"), server)?;
+        thread::sleep(spacing);
+    }
+    let sending = started.elapsed();
+    socket.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let mut buf = [0u8; 512];
+    let mut answers = 0;
+    while answers < usize::from(count) && socket.recv(&mut buf).is_ok() {
+        answers += 1;
+    }
+    Ok((answers, sending))
 }
 
 /// Sends `query` over a new TCP connection (length-prefixed) and reads the answer.

@@ -6,6 +6,7 @@ use std::{
     time::Duration,
 };
 
+use dns_xdp::report::counters_from_json;
 use dns_xdp_common::{Counter, Counters};
 use dns_xdp_tests::{
     dns::{Responder, tcp_exchange, udp_exchange},
@@ -73,12 +74,14 @@ fn queries_and_answers_over_veth_are_counted_and_ctrl_c_detaches() {
                 query
             };
             for _ in 0..UDP4_QUERIES {
-                answered +=
-                    usize::from(udp_exchange(server(SERVER_V4), &query(false), false).is_ok());
+                answered += usize::from(
+                    udp_exchange(None, server(SERVER_V4), &query(false), false).is_ok(),
+                );
             }
             for _ in 0..UDP6_QUERIES {
-                answered +=
-                    usize::from(udp_exchange(server(SERVER_V6), &query(false), false).is_ok());
+                answered += usize::from(
+                    udp_exchange(None, server(SERVER_V6), &query(false), false).is_ok(),
+                );
             }
             for _ in 0..TCP4_QUERIES {
                 answered += usize::from(tcp_exchange(server(SERVER_V4), &query(false)).is_ok());
@@ -88,7 +91,7 @@ fn queries_and_answers_over_veth_are_counted_and_ctrl_c_detaches() {
             }
             for _ in 0..FRAGMENTED_QUERIES {
                 answered +=
-                    usize::from(udp_exchange(server(SERVER_V4), &query(true), true).is_ok());
+                    usize::from(udp_exchange(None, server(SERVER_V4), &query(true), true).is_ok());
             }
             answered
         })
@@ -98,6 +101,8 @@ fn queries_and_answers_over_veth_are_counted_and_ctrl_c_detaches() {
     drop(responder);
     let (server_status, at_server) = server_loader.interrupt().unwrap();
     let (client_status, at_client) = client_loader.interrupt().unwrap();
+    let at_server = counters_from_json(&at_server).unwrap();
+    let at_client = counters_from_json(&at_client).unwrap();
     assert!(server_status.success() && client_status.success());
     assert!(
         !xdp_attached(&pair.server),

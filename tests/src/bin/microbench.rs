@@ -5,7 +5,11 @@
 
 use std::{fs, path::PathBuf, time::Duration};
 
-use dns_xdp::programs::{XDP_PASS_PROGRAM, XDP_PROGRAM};
+use dns_xdp::{
+    Settings,
+    programs::{XDP_PASS_PROGRAM, XDP_PROGRAM},
+    settings::parse_cidr,
+};
 use dns_xdp_tests::{
     packet::{DSTOPTS, HOPOPTS, Layer, build, dns_query},
     testrun::Harness,
@@ -21,27 +25,67 @@ fn median(mut samples: Vec<Duration>) -> f64 {
     samples[samples.len() / 2].as_nanos() as f64
 }
 
+/// One measured path: a frame through a configured program.
+struct Path {
+    name: &'static str,
+    harness: usize,
+    frame: Vec<u8>,
+}
+
+fn settings(rate: Option<&str>, burst: u32, allow: &[&str], deny: &[&str]) -> Settings {
+    let cidrs = |list: &[&str]| list.iter().map(|cidr| parse_cidr(cidr).unwrap()).collect();
+    Settings {
+        rate: rate.map(|rate| rate.parse().unwrap()),
+        burst,
+        allow: cidrs(allow),
+        deny: cidrs(deny),
+        ..Settings::default()
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let out_dir = std::env::args()
         .nth(1)
         .map_or_else(|| PathBuf::from("target/bench"), PathBuf::from);
     let query = || Layer::Payload(dns_query(1, "example.com"));
+    let udp4 = |src: [u8; 4]| {
+        let mut frame = build(&[Layer::Eth, Layer::ipv4(), Layer::udp(53), query()]);
+        frame[26..30].copy_from_slice(&src);
+        frame
+    };
+    // 0: parse and count only; 1: a bucket that always admits (1 ns interval, huge
+    // burst); 2: a bucket that always refuses (after its first packet); 3: lists.
+    let mut harnesses = [
+        Harness::with(&settings(None, 5, &[], &[]))?,
+        Harness::with(&settings(Some("1000000000/s"), u32::MAX, &[], &[]))?,
+        Harness::with(&settings(Some("1/hour"), 1, &[], &[]))?,
+        Harness::with(&settings(
+            Some("1/hour"),
+            1,
+            &["198.18.1.0/24"],
+            &["198.18.9.0/24"],
+        ))?,
+    ];
     let paths = [
-        (
-            "non-DNS (IPv4 UDP to 5353)",
-            build(&[Layer::Eth, Layer::ipv4(), Layer::udp(5353), query()]),
-        ),
-        (
-            "DNS query, IPv4 UDP",
-            build(&[Layer::Eth, Layer::ipv4(), Layer::udp(53), query()]),
-        ),
-        (
-            "DNS query, IPv4 TCP",
-            build(&[Layer::Eth, Layer::ipv4(), Layer::tcp(53), query()]),
-        ),
-        (
-            "DNS query, IPv6 UDP after 2 extension headers",
-            build(&[
+        Path {
+            name: "non-DNS (IPv4 UDP to 5353)",
+            harness: 0,
+            frame: build(&[Layer::Eth, Layer::ipv4(), Layer::udp(5353), query()]),
+        },
+        Path {
+            name: "DNS query, parse and count only",
+            harness: 0,
+            frame: udp4([198, 18, 0, 2]),
+        },
+        Path {
+            name: "DNS query, IPv4 TCP, parse only",
+            harness: 0,
+            frame: build(&[Layer::Eth, Layer::ipv4(), Layer::tcp(53), query()]),
+        },
+        Path {
+            name: "DNS query, IPv6 UDP after 2 extension headers, parse only",
+            harness: 0,
+            frame: build(&[
                 Layer::Eth,
                 Layer::Ipv6,
                 Layer::Ipv6Ext {
@@ -55,37 +99,65 @@ fn main() -> anyhow::Result<()> {
                 Layer::udp(53),
                 query(),
             ]),
-        ),
-        (
-            "malformed (truncated IPv4)",
-            build(&[Layer::Eth, Layer::ipv4(), Layer::udp(53)])[..30].to_vec(),
-        ),
+        },
+        Path {
+            name: "malformed (truncated IPv4)",
+            harness: 0,
+            frame: build(&[Layer::Eth, Layer::ipv4(), Layer::udp(53)])[..30].to_vec(),
+        },
+        Path {
+            name: "DNS query, bucket admits (pass)",
+            harness: 1,
+            frame: udp4([198, 18, 0, 2]),
+        },
+        Path {
+            name: "DNS query, bucket refuses (rate-limited drop)",
+            harness: 2,
+            frame: udp4([198, 18, 0, 2]),
+        },
+        Path {
+            name: "DNS query, allow-listed",
+            harness: 3,
+            frame: udp4([198, 18, 1, 7]),
+        },
+        Path {
+            name: "DNS query, deny-listed (drop)",
+            harness: 3,
+            frame: udp4([198, 18, 9, 7]),
+        },
     ];
-    let mut harness = Harness::new(&[53])?;
     let mut rows = Vec::new();
-    for (name, frame) in &paths {
-        let (mut parser, mut baseline) = (Vec::new(), Vec::new());
+    for path in &paths {
+        let (mut program, mut baseline) = (Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
-            parser.push(harness.run_program(XDP_PROGRAM, frame, REPEAT)?.1);
-            baseline.push(harness.run_program(XDP_PASS_PROGRAM, frame, REPEAT)?.1);
+            program.push(
+                harnesses[path.harness]
+                    .run_program(XDP_PROGRAM, &path.frame, REPEAT)?
+                    .1,
+            );
+            baseline.push(
+                harnesses[0]
+                    .run_program(XDP_PASS_PROGRAM, &path.frame, REPEAT)?
+                    .1,
+            );
         }
-        let (parser, baseline) = (median(parser), median(baseline));
-        rows.push((name.to_string(), frame.len(), parser, baseline));
+        let (program, baseline) = (median(program), median(baseline));
+        rows.push((path.name.to_string(), path.frame.len(), program, baseline));
     }
 
     let mut markdown = String::from(
         "| path | frame bytes | dns_xdp ns/pkt | xdp_pass ns/pkt | ratio | added ns |\n|---|---:|---:|---:|---:|---:|\n",
     );
     let mut json = Vec::new();
-    for (name, len, parser, baseline) in &rows {
+    for (name, len, program, baseline) in &rows {
         markdown.push_str(&format!(
-            "| {name} | {len} | {parser:.1} | {baseline:.1} | {:.2} | {:.1} |\n",
-            parser / baseline,
-            parser - baseline
+            "| {name} | {len} | {program:.1} | {baseline:.1} | {:.2} | {:.1} |\n",
+            program / baseline,
+            program - baseline
         ));
         json.push(serde_json::json!({
-            "path": name, "frame_bytes": len, "dns_xdp_ns": parser, "xdp_pass_ns": baseline,
-            "ratio": parser / baseline,
+            "path": name, "frame_bytes": len, "dns_xdp_ns": program, "xdp_pass_ns": baseline,
+            "ratio": program / baseline,
         }));
     }
     println!("BPF_PROG_TEST_RUN, {REPEAT} runs per call, median of {ROUNDS} alternating rounds\n");

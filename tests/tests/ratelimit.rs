@@ -1,0 +1,357 @@
+//! Rate limiting, lists and dry-run through BPF_PROG_TEST_RUN: exact admission counts.
+//! Needs root.
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    time::{Duration, Instant},
+};
+
+use aya::programs::{TestRun, TestRunOptions};
+use dns_xdp::{
+    Settings,
+    programs::{SourceReport, XDP_PROGRAM},
+    settings::{Rate, parse_cidr},
+};
+use dns_xdp_common::Counter;
+use dns_xdp_tests::{
+    packet::{Layer, build, dns_query},
+    testrun::{Harness, XDP_DROP, XDP_PASS},
+};
+
+const IP: usize = 14;
+
+fn query_v4(src: Ipv4Addr) -> Vec<u8> {
+    let mut frame = build(&[
+        Layer::Eth,
+        Layer::ipv4(),
+        Layer::udp(53),
+        Layer::Payload(dns_query(1, "example.com")),
+    ]);
+    frame[IP + 12..IP + 16].copy_from_slice(&src.octets());
+    frame
+}
+
+fn query_v6(src: Ipv6Addr) -> Vec<u8> {
+    let mut frame = build(&[
+        Layer::Eth,
+        Layer::Ipv6,
+        Layer::udp(53),
+        Layer::Payload(dns_query(1, "example.com")),
+    ]);
+    frame[IP + 8..IP + 24].copy_from_slice(&src.octets());
+    frame
+}
+
+fn v4(text: &str) -> Ipv4Addr {
+    text.parse().unwrap()
+}
+
+fn limited(rate: &str, burst: u32) -> Settings {
+    Settings {
+        rate: Some(rate.parse::<Rate>().unwrap()),
+        burst,
+        ..Settings::default()
+    }
+}
+
+/// Sends `frame` `count` times; returns how many passed (and checks the rest dropped).
+fn admitted(harness: &mut Harness, frame: &[u8], count: usize) -> usize {
+    let mut passed = 0;
+    for _ in 0..count {
+        let outcome = harness.run(frame).unwrap();
+        assert!(
+            matches!(outcome.verdict, XDP_PASS | XDP_DROP),
+            "verdict {}",
+            outcome.verdict
+        );
+        passed += usize::from(outcome.verdict == XDP_PASS);
+    }
+    passed
+}
+
+fn source(harness: &mut Harness, prefix: &str) -> SourceReport {
+    let prefix = prefix.parse().unwrap();
+    harness
+        .programs()
+        .sources()
+        .unwrap()
+        .into_iter()
+        .find(|source| source.prefix == prefix)
+        .unwrap_or_else(|| panic!("{prefix} not in the table"))
+}
+
+fn counter(harness: &mut Harness, counter: Counter) -> u64 {
+    harness.programs().counters().unwrap().get(counter)
+}
+
+#[test]
+fn a_source_gets_exactly_its_burst_then_drops() {
+    let mut harness = Harness::with(&limited("1/min", 20)).unwrap();
+    let frame = query_v4(v4("198.18.1.1"));
+    assert_eq!(admitted(&mut harness, &frame, 100), 20);
+    assert_eq!(counter(&mut harness, Counter::RatePassed), 20);
+    assert_eq!(counter(&mut harness, Counter::RateLimited), 80);
+    assert_eq!(counter(&mut harness, Counter::SourcesCreated), 1);
+    let source = source(&mut harness, "198.18.1.1/32");
+    assert_eq!(
+        (source.passed, source.dropped, source.would_drop),
+        (20, 80, 0)
+    );
+    // Answers and other traffic are never limited.
+    let answer = build(&[
+        Layer::Eth,
+        Layer::ipv4(),
+        Layer::Udp {
+            src: 53,
+            dst: 40000,
+        },
+    ]);
+    assert_eq!(admitted(&mut harness, &answer, 10), 10);
+}
+
+#[test]
+fn the_bucket_refills_at_the_rate() {
+    let interval = Duration::from_millis(100); // 10/s
+    let mut harness = Harness::with(&limited("10/s", 5)).unwrap();
+    let frame = query_v4(v4("198.18.1.2"));
+    let first_sent = Instant::now();
+    assert_eq!(admitted(&mut harness, &frame, 1), 1);
+    let first_done = Instant::now();
+    assert_eq!(
+        admitted(&mut harness, &frame, 20),
+        4,
+        "the rest of the burst"
+    );
+    std::thread::sleep(Duration::from_millis(350));
+    let second_sent = Instant::now();
+    let refilled = admitted(&mut harness, &frame, 20);
+    let second_done = Instant::now();
+    // GCRA: the burst that began at t0 left tat = t0 + 5 intervals, so a flood at t gets
+    // floor((t - t0) / interval) packets. Bound t - t0 by the instants measured around them.
+    let fewest = (second_sent - first_done).as_nanos() / interval.as_nanos();
+    let most = (second_done - first_sent).as_nanos() / interval.as_nanos();
+    assert!(
+        (fewest..=most).contains(&(refilled as u128)),
+        "refilled {refilled}, expected {fewest}..={most}"
+    );
+    assert!(refilled >= 3, "350 ms at 10/s refill at least 3");
+}
+
+#[test]
+fn sources_share_a_bucket_per_prefix() {
+    let mut settings = limited("1/min", 3);
+    settings.v4_prefix = 24;
+    let mut harness = Harness::with(&settings).unwrap();
+    assert_eq!(admitted(&mut harness, &query_v4(v4("198.18.7.1")), 3), 3);
+    assert_eq!(
+        admitted(&mut harness, &query_v4(v4("198.18.7.2")), 3),
+        0,
+        "same /24"
+    );
+    assert_eq!(
+        admitted(&mut harness, &query_v4(v4("198.18.8.1")), 3),
+        3,
+        "another /24"
+    );
+    assert_eq!(source(&mut harness, "198.18.7.0/24").dropped, 3);
+
+    let mut per_host = Harness::with(&limited("1/min", 3)).unwrap();
+    assert_eq!(admitted(&mut per_host, &query_v4(v4("198.18.7.1")), 3), 3);
+    assert_eq!(
+        admitted(&mut per_host, &query_v4(v4("198.18.7.2")), 3),
+        3,
+        "/32: separate"
+    );
+}
+
+#[test]
+fn ipv6_sources_share_a_bucket_per_64() {
+    let mut harness = Harness::with(&limited("1/min", 2)).unwrap();
+    let host = |text: &str| query_v6(text.parse().unwrap());
+    assert_eq!(admitted(&mut harness, &host("2001:2:0:1::1"), 2), 2);
+    assert_eq!(
+        admitted(&mut harness, &host("2001:2:0:1:ffff::9"), 2),
+        0,
+        "same /64"
+    );
+    assert_eq!(
+        admitted(&mut harness, &host("2001:2:0:2::1"), 2),
+        2,
+        "another /64"
+    );
+    assert_eq!(source(&mut harness, "2001:2:0:1::/64").passed, 2);
+}
+
+#[test]
+fn the_longest_list_prefix_decides_and_counts_hits() {
+    let mut settings = limited("1/min", 1);
+    settings.allow = vec![
+        parse_cidr("198.18.0.0/16").unwrap(),
+        parse_cidr("198.18.7.7").unwrap(),
+    ];
+    settings.deny = vec![
+        parse_cidr("198.18.7.0/24").unwrap(),
+        parse_cidr("2001:2:bad::/48").unwrap(),
+    ];
+    let mut harness = Harness::with(&settings).unwrap();
+    assert_eq!(
+        admitted(&mut harness, &query_v4(v4("198.18.7.7")), 10),
+        10,
+        "allowed /32 inside a denied /24"
+    );
+    assert_eq!(
+        admitted(&mut harness, &query_v4(v4("198.18.7.8")), 10),
+        0,
+        "denied /24 inside an allowed /16"
+    );
+    assert_eq!(
+        admitted(&mut harness, &query_v4(v4("198.18.9.9")), 10),
+        10,
+        "allowed /16: no limit"
+    );
+    assert_eq!(
+        admitted(&mut harness, &query_v4(v4("203.0.113.1")), 10),
+        1,
+        "unlisted: the bucket"
+    );
+    assert_eq!(
+        admitted(&mut harness, &query_v6("2001:2:bad::1".parse().unwrap()), 4),
+        0
+    );
+    assert_eq!(counter(&mut harness, Counter::Allowed), 20);
+    assert_eq!(counter(&mut harness, Counter::Denied), 14);
+    let hits: Vec<_> = harness
+        .programs()
+        .lists()
+        .unwrap()
+        .into_iter()
+        .map(|entry| (entry.prefix.to_string(), entry.allow, entry.hits))
+        .collect();
+    for expected in [
+        ("198.18.0.0/16".to_owned(), true, 10),
+        ("198.18.7.7/32".to_owned(), true, 10),
+        ("198.18.7.0/24".to_owned(), false, 10),
+        ("2001:2:bad::/48".to_owned(), false, 4),
+    ] {
+        assert!(hits.contains(&expected), "{expected:?} not in {hits:?}");
+    }
+}
+
+#[test]
+fn deny_applies_without_a_rate() {
+    let settings = Settings {
+        deny: vec![parse_cidr("198.18.66.0/24").unwrap()],
+        ..Settings::default()
+    };
+    let mut harness = Harness::with(&settings).unwrap();
+    assert_eq!(admitted(&mut harness, &query_v4(v4("198.18.66.1")), 5), 0);
+    assert_eq!(admitted(&mut harness, &query_v4(v4("198.18.67.1")), 5), 5);
+    assert_eq!(
+        counter(&mut harness, Counter::SourcesCreated),
+        0,
+        "no rate: no table"
+    );
+}
+
+#[test]
+fn dry_run_never_drops_but_counts() {
+    let mut settings = limited("1/min", 1);
+    settings.dry_run = true;
+    settings.deny = vec![parse_cidr("198.18.66.0/24").unwrap()];
+    let mut harness = Harness::with(&settings).unwrap();
+    assert_eq!(admitted(&mut harness, &query_v4(v4("198.18.1.1")), 50), 50);
+    assert_eq!(admitted(&mut harness, &query_v4(v4("198.18.66.1")), 5), 5);
+    assert_eq!(counter(&mut harness, Counter::RatePassed), 1);
+    assert_eq!(counter(&mut harness, Counter::RateLimited), 49);
+    assert_eq!(counter(&mut harness, Counter::Denied), 5);
+    assert_eq!(counter(&mut harness, Counter::DryRunWouldDrop), 49 + 5);
+    let source = source(&mut harness, "198.18.1.1/32");
+    assert_eq!(
+        (source.passed, source.dropped, source.would_drop),
+        (1, 0, 49)
+    );
+    let top = harness.programs().top_sources(5).unwrap();
+    assert_eq!(top[0].prefix.to_string(), "198.18.1.1/32");
+}
+
+#[test]
+fn a_flood_of_new_sources_does_not_free_a_hot_source() {
+    const TABLE: u32 = 1024;
+    const SPOOFED: u32 = 20_000;
+    let mut settings = limited("1/min", 5);
+    settings.table_size = TABLE;
+    let mut harness = Harness::with(&settings).unwrap();
+    let hot = query_v4(v4("198.18.200.1"));
+    assert_eq!(admitted(&mut harness, &hot, 5), 5);
+    let mut hot_passed = 0;
+    for index in 0..SPOOFED {
+        let [_, b, c, d] = index.to_be_bytes();
+        assert_eq!(
+            admitted(&mut harness, &query_v4(Ipv4Addr::new(10, b, c, d)), 1),
+            1
+        );
+        if index % 50 == 0 {
+            hot_passed += admitted(&mut harness, &hot, 1);
+        }
+    }
+    assert_eq!(
+        hot_passed, 0,
+        "the hot source stayed limited while {SPOOFED} others came and went"
+    );
+    assert_eq!(
+        counter(&mut harness, Counter::SourcesCreated),
+        u64::from(SPOOFED) + 1
+    );
+    assert_eq!(counter(&mut harness, Counter::TableFull), 0);
+    let entries = harness.programs().sources().unwrap().len();
+    assert!(
+        entries <= TABLE as usize,
+        "{entries} entries in a table of {TABLE}"
+    );
+}
+
+#[test]
+fn one_source_on_both_cpus_gets_exactly_its_burst() {
+    const BURST: u32 = 50_000;
+    const RUNS_PER_CPU: u32 = 100_000;
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    // A rate of one per hour adds nothing during the test.
+    let mut harness = Harness::with(&limited("1/hour", BURST)).unwrap();
+    let frame = query_v4(v4("198.18.3.3"));
+    let xdp = &*harness.programs().xdp(XDP_PROGRAM).unwrap();
+    std::thread::scope(|scope| {
+        for cpu in 0..cpus {
+            let frame = &frame;
+            scope.spawn(move || {
+                // SAFETY: a zeroed cpu_set_t with one CPU set, applied to this thread.
+                unsafe {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(cpu, &mut set);
+                    assert_eq!(
+                        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+                        0
+                    );
+                }
+                let mut options = TestRunOptions::new();
+                options.data_in = Some(frame);
+                options.repeat = RUNS_PER_CPU;
+                xdp.test_run(options).unwrap();
+            });
+        }
+    });
+    let counters = harness.programs().counters().unwrap();
+    let runs = u64::from(RUNS_PER_CPU) * cpus as u64;
+    println!(
+        "{cpus} CPUs, {runs} runs: passed {}, limited {}, contended {}",
+        counters.get(Counter::RatePassed),
+        counters.get(Counter::RateLimited),
+        counters.get(Counter::RateContended)
+    );
+    assert_eq!(counters.get(Counter::Packets), runs);
+    assert_eq!(counters.get(Counter::RatePassed), u64::from(BURST));
+    assert_eq!(counters.get(Counter::RateLimited), runs - u64::from(BURST));
+    assert_eq!(
+        source(&mut harness, "198.18.3.3/32").passed,
+        u64::from(BURST)
+    );
+}
