@@ -39,6 +39,24 @@ pub struct Loader {
 }
 
 impl Loader {
+    /// Runs `dns-xdp attach --iface <LINK> --json --stats-interval 0.1 <extra>` in
+    /// `netns` and waits for its first report: from then on the program is counting.
+    pub fn attach(netns: &crate::netns::Netns, extra: &[&str]) -> anyhow::Result<Self> {
+        let mut command = netns.command(binary().to_str().context("non-UTF-8 path")?);
+        command.args([
+            "attach",
+            "--iface",
+            crate::netns::LINK,
+            "--json",
+            "--stats-interval",
+            "0.1",
+        ]);
+        command.args(extra);
+        let mut loader = Self::spawn(command)?;
+        loader.next_json(Duration::from_secs(10))?;
+        Ok(loader)
+    }
+
     /// Starts `dns-xdp <args>` through `command` (e.g. `ip netns exec NS`), with its
     /// stdout and stderr collected line by line.
     pub fn spawn(mut command: Command) -> anyhow::Result<Self> {

@@ -55,6 +55,12 @@ impl Netns {
         ip(&full)
     }
 
+    /// Whether an XDP program is attached to `iface` in this namespace.
+    pub fn xdp_attached(&self, iface: &str) -> bool {
+        self.ip(&["-d", "link", "show", "dev", iface])
+            .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).contains("prog/xdp"))
+    }
+
     /// A command that runs `program` inside this namespace.
     pub fn command(&self, program: &str) -> Command {
         let mut command = Command::new("ip");

@@ -35,11 +35,6 @@ fn assert_refused(output: &Output, code: i32, needle: &str) {
     }
 }
 
-fn xdp_attached(netns: &Netns, iface: &str) -> bool {
-    let output = netns.ip(&["-d", "link", "show", "dev", iface]).unwrap();
-    String::from_utf8_lossy(&output.stdout).contains("prog/xdp")
-}
-
 #[test]
 fn unknown_interface_is_named() {
     let netns = Netns::new("cli").unwrap();
@@ -66,24 +61,13 @@ fn native_mode_on_a_driver_without_xdp_is_refused_and_leaves_nothing() {
         &["attach", "--iface", "lo", "--mode", "native"],
     );
     assert_refused(&output, 1, "has no native XDP support; use --mode skb");
-    assert!(!xdp_attached(&netns, "lo"));
+    assert!(!netns.xdp_attached("lo"));
 }
 
 #[test]
 fn second_attach_is_refused_and_the_first_keeps_running() {
     let pair = Pair::new().unwrap();
-    let binary = loader::binary();
-    let mut command = pair.server.command(binary.to_str().unwrap());
-    command.args([
-        "attach",
-        "--iface",
-        LINK,
-        "--json",
-        "--stats-interval",
-        "0.1",
-    ]);
-    let mut first = Loader::spawn(command).unwrap();
-    first.next_json(Duration::from_secs(10)).unwrap();
+    let mut first = Loader::attach(&pair.server, &[]).unwrap();
 
     for mode in ["auto", "skb"] {
         let output = dns_xdp(
@@ -97,7 +81,7 @@ fn second_attach_is_refused_and_the_first_keeps_running() {
         );
     }
     assert!(
-        xdp_attached(&pair.server, LINK),
+        pair.server.xdp_attached(LINK),
         "the first attachment survives"
     );
     first
@@ -105,7 +89,7 @@ fn second_attach_is_refused_and_the_first_keeps_running() {
         .expect("the first loader still reports");
     let (status, _) = first.interrupt().unwrap();
     assert!(status.success());
-    assert!(!xdp_attached(&pair.server, LINK));
+    assert!(!pair.server.xdp_attached(LINK));
 }
 
 #[test]

@@ -7,11 +7,11 @@ use std::{
 };
 
 use dns_xdp::report::counters_from_json;
-use dns_xdp_common::{Counter, Counters};
+use dns_xdp_common::{Class, Counter, Counters, L4};
 use dns_xdp_tests::{
     dns::{Responder, tcp_exchange, udp_exchange},
-    loader::{self, Loader},
-    netns::{LINK, Netns, Pair, SERVER_V4, SERVER_V6},
+    loader::Loader,
+    netns::{LINK, Pair, SERVER_V4, SERVER_V6},
     packet::dns_query,
 };
 
@@ -23,29 +23,8 @@ const TCP6_QUERIES: usize = 5;
 const FRAGMENTED_QUERIES: usize = 3;
 const FRAGMENTS_PER_DATAGRAM: u64 = 3;
 
-fn attach(netns: &Netns) -> anyhow::Result<Loader> {
-    let mut command = netns.command(loader::binary().to_str().unwrap());
-    command.args([
-        "attach",
-        "--iface",
-        LINK,
-        "--json",
-        "--stats-interval",
-        "0.1",
-    ]);
-    let mut loader = Loader::spawn(command)?;
-    // The first periodic line means the program is attached and counting.
-    loader.next_json(Duration::from_secs(10))?;
-    Ok(loader)
-}
-
 fn server(ip: &str) -> SocketAddr {
     SocketAddr::new(ip.parse::<IpAddr>().unwrap(), 53)
-}
-
-fn xdp_attached(netns: &Netns) -> bool {
-    let output = netns.ip(&["-d", "link", "show", "dev", LINK]).unwrap();
-    String::from_utf8_lossy(&output.stdout).contains("prog/xdp")
 }
 
 #[test]
@@ -56,9 +35,9 @@ fn queries_and_answers_over_veth_are_counted_and_ctrl_c_detaches() {
         .run(|| Responder::bind(&[server(SERVER_V4), server(SERVER_V6)]))
         .unwrap()
         .expect("binding the responder");
-    let server_loader = attach(&pair.server).expect("attaching on the server side");
-    let client_loader = attach(&pair.client).expect("attaching on the client side");
-    assert!(xdp_attached(&pair.server) && xdp_attached(&pair.client));
+    let server_loader = Loader::attach(&pair.server, &[]).expect("attaching on the server side");
+    let client_loader = Loader::attach(&pair.client, &[]).expect("attaching on the client side");
+    assert!(pair.server.xdp_attached(LINK) && pair.client.xdp_attached(LINK));
 
     let answered = pair
         .client
@@ -105,11 +84,11 @@ fn queries_and_answers_over_veth_are_counted_and_ctrl_c_detaches() {
     let at_client = counters_from_json(&at_client).unwrap();
     assert!(server_status.success() && client_status.success());
     assert!(
-        !xdp_attached(&pair.server),
+        !pair.server.xdp_attached(LINK),
         "Ctrl-C left an XDP program on the server side"
     );
     assert!(
-        !xdp_attached(&pair.client),
+        !pair.client.xdp_attached(LINK),
         "Ctrl-C left an XDP program on the client side"
     );
 
@@ -118,42 +97,37 @@ fn queries_and_answers_over_veth_are_counted_and_ctrl_c_detaches() {
     let show = |counters: &Counters| format!("{counters:?}");
     let fragmented = FRAGMENTED_QUERIES as u64;
     let non_first = fragmented * (FRAGMENTS_PER_DATAGRAM - 1);
-    for (side, counters, query, answer) in [
-        ("server", &at_server, true, false),
-        ("client", &at_client, false, true),
-    ] {
+    for (side, counters, query) in [("server", &at_server, true), ("client", &at_client, false)] {
         println!("{side}: {}", show(counters));
         let get = |counter| counters.get(counter);
-        let (udp4, udp6, tcp4, tcp6) = if query {
-            (
-                Counter::QueryUdp4,
-                Counter::QueryUdp6,
-                Counter::QueryTcp4,
-                Counter::QueryTcp6,
-            )
-        } else {
-            (
-                Counter::AnswerUdp4,
-                Counter::AnswerUdp6,
-                Counter::AnswerTcp4,
-                Counter::AnswerTcp6,
-            )
+        // Queries arrive at the server, answers at the client; never the other way.
+        let dns = |query: bool, l4, ipv6| {
+            if query {
+                Class::Query { l4, ipv6 }
+            } else {
+                Class::Answer { l4, ipv6 }
+            }
+            .counter()
         };
-        let (other_udp4, other_udp6, other_tcp4, other_tcp6) = if answer {
-            (
-                Counter::QueryUdp4,
-                Counter::QueryUdp6,
-                Counter::QueryTcp4,
-                Counter::QueryTcp6,
-            )
-        } else {
-            (
-                Counter::AnswerUdp4,
-                Counter::AnswerUdp6,
-                Counter::AnswerTcp4,
-                Counter::AnswerTcp6,
-            )
-        };
+        let [
+            udp4,
+            udp6,
+            tcp4,
+            tcp6,
+            other_udp4,
+            other_udp6,
+            other_tcp4,
+            other_tcp6,
+        ] = [
+            dns(query, L4::Udp, false),
+            dns(query, L4::Udp, true),
+            dns(query, L4::Tcp, false),
+            dns(query, L4::Tcp, true),
+            dns(!query, L4::Udp, false),
+            dns(!query, L4::Udp, true),
+            dns(!query, L4::Tcp, false),
+            dns(!query, L4::Tcp, true),
+        ];
         // UDP is exact: one datagram each way per query; a fragmented one counts its
         // first fragment by port and the rest as fragments.
         assert_eq!(

@@ -10,7 +10,7 @@ use std::{
 use dns_xdp_common::Counter;
 use dns_xdp_tests::{
     dns::{Responder, udp_exchange, udp_flood},
-    loader::{self, Loader},
+    loader::Loader,
     netns::{LINK, Pair, SERVER_V4},
     packet::dns_query,
 };
@@ -36,18 +36,11 @@ fn an_abusive_source_is_held_to_its_rate_and_named_while_others_lose_nothing() {
         .run(move || Responder::bind(&[server]))
         .unwrap()
         .unwrap();
-    let mut command = pair.server.command(loader::binary().to_str().unwrap());
-    command.args([
-        "attach",
-        "--iface",
-        LINK,
-        "--json",
-        "--stats-interval",
-        "0.2",
-    ]);
-    command.args(["--rate", "20/s", "--burst", "10", "--top", "5"]);
-    let mut loader = Loader::spawn(command).unwrap();
-    loader.next_json(Duration::from_secs(10)).expect("attached");
+    let loader = Loader::attach(
+        &pair.server,
+        &["--rate", "20/s", "--burst", "10", "--top", "5"],
+    )
+    .expect("attaching");
 
     let (flood, normal) = pair
         .client
