@@ -250,31 +250,78 @@ pub struct ListEntry {
     pub hits: u64,
 }
 
+/// Declares a counter index enum (with `ALL` and `name()`) and the `#[repr(C)]` array of
+/// one CPU's counters indexed by it, so adding a counter is one line.
 macro_rules! counters {
-    ($($(#[doc = $doc:literal])* $variant:ident => $name:literal,)+) => {
-        /// Index of a per-CPU counter. Add a counter here and both sides follow: the
-        /// kernel indexes `Counters` by it, the loader names it with `name()`.
+    (
+        $(#[doc = $enum_doc:literal])* enum $enum:ident;
+        $(#[doc = $struct_doc:literal])* struct $values:ident;
+        $($(#[doc = $doc:literal])* $variant:ident => $name:literal,)+
+    ) => {
+        $(#[doc = $enum_doc])*
         #[repr(u32)]
         #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub enum Counter {
+        pub enum $enum {
             $($(#[doc = $doc])* $variant,)+
         }
 
-        impl Counter {
+        impl $enum {
             /// Every counter, in index order.
-            pub const ALL: &'static [Counter] = &[$(Counter::$variant,)+];
+            pub const ALL: &'static [$enum] = &[$($enum::$variant,)+];
 
             /// Stable snake_case name, used in JSON output and metrics.
             pub const fn name(self) -> &'static str {
                 match self {
-                    $(Counter::$variant => $name,)+
+                    $($enum::$variant => $name,)+
                 }
+            }
+        }
+
+        $(#[doc = $struct_doc])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Pod, Zeroable, Debug, PartialEq, Eq)]
+        pub struct $values {
+            pub values: [u64; $enum::ALL.len()],
+        }
+
+        impl $values {
+            #[inline(always)]
+            pub fn add_to(&mut self, counter: $enum, amount: u64) {
+                self.values[counter as usize] += amount;
+            }
+
+            #[inline(always)]
+            pub fn bump(&mut self, counter: $enum) {
+                self.add_to(counter, 1);
+            }
+
+            pub fn get(&self, counter: $enum) -> u64 {
+                self.values[counter as usize]
+            }
+
+            /// Element-wise sum, to fold the per-CPU copies into one.
+            pub fn add(&mut self, other: &$values) {
+                for (sum, value) in self.values.iter_mut().zip(other.values) {
+                    *sum = sum.wrapping_add(value);
+                }
+            }
+        }
+
+        impl Default for $values {
+            fn default() -> Self {
+                Self::zeroed()
             }
         }
     };
 }
 
 counters! {
+    /// Index of a per-CPU ingress (XDP) counter: the kernel indexes `Counters` by it,
+    /// the loader names it with `name()`.
+    enum Counter;
+    /// All ingress counters of one CPU, the single entry of the `COUNTERS` per-CPU
+    /// array: one map lookup per packet, whatever the number of counters bumped.
+    struct Counters;
     /// Every frame the program saw.
     Packets => "packets",
     /// UDP over IPv4 to a DNS port (a query to us).
@@ -318,41 +365,76 @@ counters! {
     RateContended => "rate_contended",
 }
 
-/// Number of counters.
-pub const COUNTER_COUNT: usize = Counter::ALL.len();
-
-/// All counters of one CPU, the single entry of the `COUNTERS` per-CPU array: one map
-/// lookup per packet, whatever the number of counters bumped.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable, Debug, PartialEq, Eq)]
-pub struct Counters {
-    pub values: [u64; COUNTER_COUNT],
+counters! {
+    /// Index of a per-CPU egress (TC) counter: DNS leaving the interface.
+    enum EgressCounter;
+    /// All egress counters of one CPU, the single entry of the `EGRESS_COUNTERS` per-CPU array.
+    struct EgressCounters;
+    /// Every packet the egress program saw.
+    Packets => "packets",
+    /// Responses leaving (source port in the DNS ports), by protocol and family.
+    ResponseUdp4Packets => "response_udp4_packets",
+    ResponseUdp4Bytes => "response_udp4_bytes",
+    ResponseUdp6Packets => "response_udp6_packets",
+    ResponseUdp6Bytes => "response_udp6_bytes",
+    ResponseTcp4Packets => "response_tcp4_packets",
+    ResponseTcp4Bytes => "response_tcp4_bytes",
+    ResponseTcp6Packets => "response_tcp6_packets",
+    ResponseTcp6Bytes => "response_tcp6_bytes",
+    /// Queries to upstream servers leaving (destination port in the DNS ports).
+    UpstreamUdp4Packets => "upstream_udp4_packets",
+    UpstreamUdp4Bytes => "upstream_udp4_bytes",
+    UpstreamUdp6Packets => "upstream_udp6_packets",
+    UpstreamUdp6Bytes => "upstream_udp6_bytes",
+    UpstreamTcp4Packets => "upstream_tcp4_packets",
+    UpstreamTcp4Bytes => "upstream_tcp4_bytes",
+    UpstreamTcp6Packets => "upstream_tcp6_packets",
+    UpstreamTcp6Bytes => "upstream_tcp6_bytes",
 }
 
-impl Counters {
+impl EgressCounter {
+    /// The packet and byte counters of a class seen leaving: a packet to a DNS port is a
+    /// query to an upstream server, one from a DNS port a response. Other classes: none.
     #[inline(always)]
-    pub fn bump(&mut self, counter: Counter) {
-        self.values[counter as usize] += 1;
-    }
-
-    pub fn get(&self, counter: Counter) -> u64 {
-        self.values[counter as usize]
-    }
-
-    /// Element-wise sum, to fold the per-CPU copies into one.
-    pub fn add(&mut self, other: &Counters) {
-        for (sum, value) in self.values.iter_mut().zip(other.values) {
-            *sum = sum.wrapping_add(value);
-        }
+    pub const fn for_class(class: Class) -> Option<(EgressCounter, EgressCounter)> {
+        use EgressCounter::*;
+        Some(match class {
+            Class::Answer {
+                l4: L4::Udp,
+                ipv6: false,
+            } => (ResponseUdp4Packets, ResponseUdp4Bytes),
+            Class::Answer {
+                l4: L4::Udp,
+                ipv6: true,
+            } => (ResponseUdp6Packets, ResponseUdp6Bytes),
+            Class::Answer {
+                l4: L4::Tcp,
+                ipv6: false,
+            } => (ResponseTcp4Packets, ResponseTcp4Bytes),
+            Class::Answer {
+                l4: L4::Tcp,
+                ipv6: true,
+            } => (ResponseTcp6Packets, ResponseTcp6Bytes),
+            Class::Query {
+                l4: L4::Udp,
+                ipv6: false,
+            } => (UpstreamUdp4Packets, UpstreamUdp4Bytes),
+            Class::Query {
+                l4: L4::Udp,
+                ipv6: true,
+            } => (UpstreamUdp6Packets, UpstreamUdp6Bytes),
+            Class::Query {
+                l4: L4::Tcp,
+                ipv6: false,
+            } => (UpstreamTcp4Packets, UpstreamTcp4Bytes),
+            Class::Query {
+                l4: L4::Tcp,
+                ipv6: true,
+            } => (UpstreamTcp6Packets, UpstreamTcp6Bytes),
+            _ => return None,
+        })
     }
 }
-
-impl Default for Counters {
-    fn default() -> Self {
-        Self::zeroed()
-    }
-}
-
 /// Transport protocol of a parsed packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum L4 {
@@ -441,6 +523,7 @@ mod user {
     // SAFETY: all of these are `bytemuck::Pod`: plain old data without padding.
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::EgressCounters {}
     unsafe impl aya::Pod for super::SourceKey {}
     unsafe impl aya::Pod for super::SourceState {}
     unsafe impl aya::Pod for super::ListEntry {}
@@ -508,6 +591,28 @@ mod tests {
                 1
             );
         }
+        for (index, counter) in EgressCounter::ALL.iter().enumerate() {
+            assert_eq!(*counter as usize, index);
+        }
+    }
+
+    #[test]
+    fn every_dns_class_has_distinct_egress_counters() {
+        let mut seen = std::vec::Vec::new();
+        for l4 in [L4::Udp, L4::Tcp] {
+            for ipv6 in [false, true] {
+                for class in [Class::Query { l4, ipv6 }, Class::Answer { l4, ipv6 }] {
+                    let (packets, bytes) = EgressCounter::for_class(class).unwrap();
+                    let stem = packets.name().strip_suffix("_packets").unwrap();
+                    assert_eq!(bytes.name().strip_suffix("_bytes"), Some(stem));
+                    seen.extend([packets, bytes]);
+                }
+            }
+        }
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len() + 1, EgressCounter::ALL.len());
+        assert_eq!(EgressCounter::for_class(Class::NonDns), None);
     }
 
     #[test]

@@ -10,16 +10,16 @@ mod parse;
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{TC_ACT_UNSPEC, xdp_action},
     helpers::bpf_ktime_get_ns,
-    macros::{map, xdp},
+    macros::{classifier, map, xdp},
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::error;
 use dns_xdp_common::{
-    Class, Config, Counter, Counters, DEFAULT_TABLE_SIZE, LIST_ALLOW, ListEntry, MAX_LIST_ENTRIES,
-    SourceKey, SourceState, gcra,
+    Class, Config, Counter, Counters, DEFAULT_TABLE_SIZE, EgressCounter, EgressCounters,
+    LIST_ALLOW, ListEntry, MAX_LIST_ENTRIES, SourceKey, SourceState, gcra,
 };
 use parse::{Frame, Transport};
 
@@ -30,6 +30,11 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 /// Packet counters by class and decision, one `Counters` per CPU; written here, summed by the loader.
 #[map]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
+
+/// DNS leaving the interface by direction, packets and bytes, one copy per CPU; written by
+/// the egress program, summed by the loader.
+#[map]
+static EGRESS_COUNTERS: PerCpuArray<EgressCounters> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-source-prefix GCRA buckets and query counters; created and updated here, read by the loader.
 /// Sized by the loader (`--table-size`); when full the least recently used prefix makes room.
@@ -248,6 +253,43 @@ fn table_full(counters: &mut Counters) -> u32 {
 fn atomic_add(target: *mut u64, value: u64) {
     // SAFETY: `target` is an aligned u64 in a map value.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(target, value) };
+}
+
+/// Egress (TC, TCX where the kernel has it): counts responses and upstream queries
+/// leaving, with the same parser as XDP. Observes only: always hands the packet on.
+#[classifier]
+pub fn dns_xdp_egress(ctx: TcContext) -> i32 {
+    let _ = try_dns_xdp_egress(&ctx);
+    TC_ACT_UNSPEC
+}
+
+/// Bytes made linear before parsing: every header the parser may read in a DNS packet.
+const EGRESS_PULL_BYTES: u32 = 256;
+
+#[inline(always)]
+fn try_dns_xdp_egress(ctx: &TcContext) -> Result<(), ()> {
+    let config = CONFIG.get(0).ok_or(())?;
+    let counters = EGRESS_COUNTERS.get_ptr_mut(0).ok_or(())?;
+    // SAFETY: a per-CPU array slot is only touched by programs on this CPU, one at a time.
+    let counters = unsafe { &mut *counters };
+    counters.bump(EgressCounter::Packets);
+    let len = ctx.len();
+    // Headers may sit in paged fragments on egress; make them linear (a no-op when they are).
+    let _ = ctx.pull_data(if len < EGRESS_PULL_BYTES {
+        len
+    } else {
+        EGRESS_PULL_BYTES
+    });
+    let frame = Frame::new(ctx.data(), ctx.data_end());
+    let class = match frame.transport() {
+        Ok(transport) => transport.class(&config.dns_ports),
+        Err(class) => class,
+    };
+    if let Some((packets, bytes)) = EgressCounter::for_class(class) {
+        counters.bump(packets);
+        counters.add_to(bytes, u64::from(len));
+    }
+    Ok(())
 }
 
 /// Minimal program for benchmarks: the cost of running any XDP program at all.

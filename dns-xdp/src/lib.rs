@@ -1,9 +1,11 @@
 //! dns-xdp loader: loads the embedded eBPF programs, configures them, attaches them to an
 //! interface and reads their counters. The `dns-xdp` binary is a thin CLI over this.
 
+pub mod conntrack;
 pub mod programs;
 pub mod report;
 pub mod settings;
+pub mod status;
 
 pub use programs::{Attachment, Mode, Programs};
 pub use settings::Settings;

@@ -5,9 +5,10 @@ use std::{process::ExitCode, time::Instant};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use dns_xdp::{
-    Attachment, Mode, Settings,
+    Attachment, Mode, Settings, conntrack,
     report::{Event, Report},
     settings::{DEFAULT_BURST, DEFAULT_V4_PREFIX, DEFAULT_V6_PREFIX, IpNet, Rate, parse_cidr},
+    status::{self, Status},
 };
 use dns_xdp_common::{DEFAULT_TABLE_SIZE, DNS_PORT};
 use tokio::{
@@ -27,6 +28,30 @@ struct Cli {
 enum Command {
     /// Attach to an interface and run in the foreground until SIGINT/SIGTERM, then detach.
     Attach(AttachArgs),
+    /// Show what is attached to an interface, the conntrack bypass rules and headroom,
+    /// and filter rules that would drop untracked DNS.
+    Status(StatusArgs),
+    /// Remove what dns-xdp left on an interface (the conntrack bypass rules of a loader
+    /// that was killed); programs go with the process that attached them.
+    Detach(DetachArgs),
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    #[arg(long, short)]
+    iface: String,
+    /// DNS ports to check the filter rules for.
+    #[arg(long = "port", value_name = "PORT", default_values_t = [DNS_PORT],
+          value_parser = clap::value_parser!(u16).range(1..))]
+    ports: Vec<u16>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct DetachArgs {
+    #[arg(long, short)]
+    iface: String,
 }
 
 #[derive(clap::Args)]
@@ -76,6 +101,9 @@ struct AttachArgs {
     /// Sources shown in each report, by refused queries (0: none).
     #[arg(long, value_name = "N", default_value_t = 10)]
     top: usize,
+    /// Leave conntrack alone: install no NOTRACK rules for the DNS ports.
+    #[arg(long)]
+    no_conntrack_bypass: bool,
 }
 
 impl AttachArgs {
@@ -90,6 +118,7 @@ impl AttachArgs {
             allow: self.allow.clone(),
             deny: self.deny.clone(),
             dry_run: self.dry_run,
+            conntrack_bypass: !self.no_conntrack_bypass,
         }
     }
 }
@@ -139,6 +168,8 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Attach(args) => runtime.block_on(attach(args)),
+        Command::Status(args) => status(&args),
+        Command::Detach(args) => detach(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -169,11 +200,87 @@ async fn attach(args: AttachArgs) -> anyhow::Result<()> {
         settings.deny.len(),
         if settings.dry_run { ", dry run" } else { "" }
     );
+    if settings.conntrack_bypass {
+        log::info!(
+            "conntrack bypass: NOTRACK for DNS ports {:?} on {} (nft table inet {})",
+            args.ports,
+            args.iface,
+            conntrack::table_name(&args.iface)
+        );
+        match conntrack::hazards(&args.ports) {
+            Ok(hazards) => {
+                for hazard in &hazards {
+                    log::warn!(
+                        "{}",
+                        status::hazard_warning(hazard, &args.ports).trim_start()
+                    );
+                }
+            }
+            Err(error) => log::warn!("could not check the filter rules: {error:#}"),
+        }
+    }
     let result = run_until_signal(&mut attachment, &args).await;
     // Detach whatever happened while running; report the first error.
     let detached = attachment.detach();
     result.and(detached)?;
     log::info!("detached from {}", args.iface);
+    Ok(())
+}
+
+fn require_root() -> anyhow::Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!(
+            "dns-xdp must run as root to read BPF and netfilter state; try `sudo dns-xdp ...`"
+        );
+    }
+    Ok(())
+}
+
+fn status(args: &StatusArgs) -> anyhow::Result<()> {
+    require_root()?;
+    let status = Status::collect(&args.iface, &args.ports)?;
+    if args.json {
+        println!("{}", status.json());
+    } else {
+        print!("{}", status.text(&args.ports));
+    }
+    Ok(())
+}
+
+fn detach(args: &DetachArgs) -> anyhow::Result<()> {
+    require_root()?;
+    dns_xdp::programs::if_index(&args.iface)?;
+    let had_rules = conntrack::installed(&args.iface)?.is_some();
+    conntrack::remove(&args.iface)?;
+    println!(
+        "{}: {}",
+        args.iface,
+        if had_rules {
+            "conntrack bypass rules removed"
+        } else {
+            "no conntrack bypass rules"
+        }
+    );
+    let status = Status::collect(&args.iface, &[DNS_PORT])?;
+    let ours: Vec<_> = status
+        .xdp
+        .iter()
+        .chain(&status.egress)
+        .filter(|program| program.is_ours())
+        .collect();
+    if ours.is_empty() {
+        println!("{}: no dns-xdp program attached", args.iface);
+    } else {
+        anyhow::bail!(
+            "{} still has dns-xdp programs attached ({}), held by a running dns-xdp attach; \
+             stop that process (Ctrl-C or SIGTERM)",
+            args.iface,
+            ours.iter()
+                .map(|program| format!("{} id {}", program.name, program.id))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     Ok(())
 }
 
@@ -204,6 +311,8 @@ async fn run_until_signal(attachment: &mut Attachment, args: &AttachArgs) -> any
             iface: &args.iface,
             elapsed_s: started.elapsed().as_secs_f64(),
             counters: programs.counters()?,
+            egress: programs.egress_counters()?,
+            conntrack: conntrack::headroom(),
             top: if args.top > 0 {
                 programs.top_sources(args.top)?
             } else {

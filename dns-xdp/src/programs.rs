@@ -8,14 +8,18 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
-    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        Program, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        tc::SchedClassifierLinkId, xdp::XdpLinkId,
+    },
 };
 use dns_xdp_common::{
-    Config, Counters, FAMILY_V4, LIST_ALLOW, LIST_DENY, ListEntry, SourceKey, SourceState,
+    Config, Counters, EgressCounters, FAMILY_V4, LIST_ALLOW, LIST_DENY, ListEntry, SourceKey,
+    SourceState,
 };
 use ipnet::IpNet;
 
-use crate::settings::Settings;
+use crate::{conntrack, settings::Settings};
 
 /// The eBPF object built by build.rs, embedded in the binary.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dns-xdp"));
@@ -24,6 +28,8 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 pub const XDP_PROGRAM: &str = "dns_xdp";
 /// Name of the XDP program that only returns `XDP_PASS`, the benchmarks' baseline.
 pub const XDP_PASS_PROGRAM: &str = "xdp_pass";
+/// Name of the TC egress program.
+pub const EGRESS_PROGRAM: &str = "dns_xdp_egress";
 
 /// The embedded eBPF object, or an error naming what was missing when it was built.
 pub fn ebpf_object() -> anyhow::Result<&'static [u8]> {
@@ -116,12 +122,16 @@ impl Programs {
                 let hint = load_hint(&error);
                 anyhow::Error::new(error).context(format!("loading the eBPF object failed{hint}"))
             })?;
-        for name in [XDP_PROGRAM, XDP_PASS_PROGRAM] {
-            let program: &mut Xdp = ebpf
+        for name in [XDP_PROGRAM, XDP_PASS_PROGRAM, EGRESS_PROGRAM] {
+            let program = ebpf
                 .program_mut(name)
-                .with_context(|| format!("program {name} missing from the eBPF object"))?
-                .try_into()?;
-            program.load().map_err(|error| {
+                .with_context(|| format!("program {name} missing from the eBPF object"))?;
+            let loaded = match program {
+                Program::Xdp(xdp) => xdp.load(),
+                Program::SchedClassifier(classifier) => classifier.load(),
+                _ => bail!("program {name} has an unexpected type"),
+            };
+            loaded.map_err(|error| {
                 let hint = program_load_hint(&error);
                 anyhow::Error::new(error)
                     .context(format!("the kernel refused program {name}{hint}"))
@@ -226,6 +236,33 @@ impl Programs {
         Ok(total)
     }
 
+    /// Egress counters summed over all CPUs.
+    pub fn egress_counters(&self) -> anyhow::Result<EgressCounters> {
+        let map: PerCpuArray<&MapData, EgressCounters> = PerCpuArray::try_from(
+            self.ebpf
+                .map("EGRESS_COUNTERS")
+                .context("EGRESS_COUNTERS map missing")?,
+        )?;
+        let mut total = EgressCounters::default();
+        for per_cpu in map
+            .get(&0, 0)
+            .context("reading the EGRESS_COUNTERS map")?
+            .iter()
+        {
+            total.add(per_cpu);
+        }
+        Ok(total)
+    }
+
+    /// The loaded egress program, e.g. to test-run it.
+    pub fn egress(&mut self) -> anyhow::Result<&mut SchedClassifier> {
+        Ok(self
+            .ebpf
+            .program_mut(EGRESS_PROGRAM)
+            .with_context(|| format!("program {EGRESS_PROGRAM} missing"))?
+            .try_into()?)
+    }
+
     /// A loaded program by name, e.g. to test-run it.
     pub fn xdp(&mut self, name: &str) -> anyhow::Result<&mut Xdp> {
         Ok(self
@@ -241,32 +278,51 @@ impl Programs {
     }
 }
 
-/// Programs attached to an interface. Dropping it (or the process dying) detaches them:
-/// the kernel holds the attachment only through this process's link file descriptor.
+/// Everything attached to an interface, as one unit: the XDP program, the TC egress
+/// program and the conntrack bypass rules. Dropping it (or the process dying) detaches
+/// the programs, since only this process's link file descriptors hold them; the bypass
+/// rules are removed on drop and by `detach`, but outlive a killed process until
+/// `dns-xdp detach` runs.
 pub struct Attachment {
     programs: Programs,
     iface: String,
-    link: Option<XdpLinkId>,
+    xdp_link: Option<XdpLinkId>,
+    egress_link: Option<SchedClassifierLinkId>,
+    bypass: bool,
 }
 
 impl Attachment {
     /// Checks the preconditions, loads, configures and attaches. On any error nothing
-    /// stays attached.
+    /// stays attached and no rule stays installed.
     pub fn attach(iface: &str, mode: Mode, settings: &Settings) -> anyhow::Result<Self> {
         if unsafe { libc::geteuid() } != 0 {
             bail!("dns-xdp must run as root to load eBPF programs; try `sudo dns-xdp ...`");
         }
         if_index(iface)?;
         let mut programs = Programs::load(settings)?;
-        let link = programs
+        let xdp_link = programs
             .xdp(XDP_PROGRAM)?
             .attach(iface, mode.xdp_mode())
             .map_err(|error| attach_error(error, iface, mode))?;
-        Ok(Self {
+        // From here on, an early return drops `attachment`, which undoes what was done.
+        let mut attachment = Self {
             programs,
             iface: iface.to_owned(),
-            link: Some(link),
-        })
+            xdp_link: Some(xdp_link),
+            egress_link: None,
+            bypass: false,
+        };
+        let egress_link = attachment
+            .programs
+            .egress()?
+            .attach(iface, TcAttachType::Egress)
+            .with_context(|| format!("attaching the egress program to {iface} (TC/TCX)"))?;
+        attachment.egress_link = Some(egress_link);
+        if settings.conntrack_bypass {
+            attachment.bypass = true;
+            conntrack::install(iface, &settings.ports)?;
+        }
+        Ok(attachment)
     }
 
     pub fn iface(&self) -> &str {
@@ -283,13 +339,33 @@ impl Attachment {
 
     /// Detaches now and reports failure (dropping detaches too, silently).
     pub fn detach(mut self) -> anyhow::Result<()> {
-        if let Some(link) = self.link.take() {
+        if std::mem::take(&mut self.bypass) {
+            conntrack::remove(&self.iface)?;
+        }
+        if let Some(link) = self.egress_link.take() {
+            self.programs
+                .egress()?
+                .detach(link)
+                .with_context(|| format!("detaching the egress program from {}", self.iface))?;
+        }
+        if let Some(link) = self.xdp_link.take() {
             self.programs
                 .xdp(XDP_PROGRAM)?
                 .detach(link)
                 .with_context(|| format!("detaching from {}", self.iface))?;
         }
         Ok(())
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        if self.bypass
+            && let Err(error) = conntrack::remove(&self.iface)
+        {
+            log::error!("{error:#}");
+        }
+        // The links go with `programs`.
     }
 }
 

@@ -1,9 +1,13 @@
 //! Output: `name=value` text and tables for people, one JSON object per line for scripts.
 
-use dns_xdp_common::{Counter, Counters};
+use dns_xdp_common::{Counter, Counters, EgressCounter, EgressCounters};
 use serde_json::{Map, Value, json};
 
-use crate::programs::{ListReport, SourceReport};
+use crate::{
+    conntrack::Headroom,
+    programs::{ListReport, SourceReport},
+    status::headroom_json,
+};
 
 /// Which report a line is: periodic, or the last one before exit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +31,9 @@ pub struct Report<'a> {
     pub iface: &'a str,
     pub elapsed_s: f64,
     pub counters: Counters,
+    pub egress: EgressCounters,
+    /// Connection-tracking table use in this network namespace, if conntrack is loaded.
+    pub conntrack: Option<Headroom>,
     pub top: Vec<SourceReport>,
     pub lists: Vec<ListReport>,
 }
@@ -37,6 +44,10 @@ impl Report<'_> {
         let counters: Map<String, Value> = Counter::ALL
             .iter()
             .map(|&counter| (counter.name().to_owned(), self.counters.get(counter).into()))
+            .collect();
+        let egress: Map<String, Value> = EgressCounter::ALL
+            .iter()
+            .map(|&counter| (counter.name().to_owned(), self.egress.get(counter).into()))
             .collect();
         let top: Vec<Value> = self
             .top
@@ -66,6 +77,8 @@ impl Report<'_> {
             "iface": self.iface,
             "elapsed_s": (self.elapsed_s * 1000.0).round() / 1000.0,
             "counters": counters,
+            "egress": egress,
+            "conntrack": headroom_json(self.conntrack),
             "top": top,
             "lists": lists,
         })
@@ -145,6 +158,11 @@ mod tests {
             iface: "veth0",
             elapsed_s: 1.23456,
             counters,
+            egress: EgressCounters::default(),
+            conntrack: Some(Headroom {
+                count: 3,
+                max: 65536,
+            }),
             top: vec![SourceReport {
                 prefix: "198.18.0.0/24".parse().unwrap(),
                 passed: 20,
@@ -171,6 +189,8 @@ mod tests {
         assert_eq!(parsed["top"][0]["dropped"], 80);
         assert_eq!(parsed["lists"][0]["action"], "deny");
         assert_eq!(parsed["lists"][0]["hits"], 3);
+        assert_eq!(parsed["conntrack"]["max"], 65536);
+        assert_eq!(parsed["egress"]["response_udp4_bytes"], 0);
     }
 
     #[test]

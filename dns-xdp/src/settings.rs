@@ -101,6 +101,8 @@ pub struct Settings {
     pub allow: Vec<IpNet>,
     pub deny: Vec<IpNet>,
     pub dry_run: bool,
+    /// Keep DNS on the attached interface out of conntrack (nftables NOTRACK rules).
+    pub conntrack_bypass: bool,
 }
 
 impl Default for Settings {
@@ -115,6 +117,7 @@ impl Default for Settings {
             allow: Vec::new(),
             deny: Vec::new(),
             dry_run: false,
+            conntrack_bypass: true,
         }
     }
 }

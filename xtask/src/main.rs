@@ -37,8 +37,12 @@ enum Task {
 /// The bpf-linker release that builds against nightly's LLVM 22 here.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_MAJOR: &str = "22";
-/// Commands the tests run, and the Debian package of each.
-const TEST_COMMANDS: &[(&str, &str)] = &[("ip", "iproute2")];
+/// Commands the loader and the tests run, and the Debian package of each.
+const TEST_COMMANDS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("nft", "nftables"),
+    ("conntrack", "conntrack"),
+];
 
 fn main() -> anyhow::Result<()> {
     let started = Instant::now();

@@ -1,0 +1,527 @@
+//! The conntrack bypass: nftables rules that keep DNS flows on the attached interface out
+//! of the connection-tracking table, the checks that the host's filter rules still let
+//! untracked DNS through, and conntrack headroom.
+//!
+//! The rules live in a table of their own per interface (`inet dns_xdp_<iface>`), built
+//! with the nftables crate (nft's JSON API) and replaced in one transaction.
+
+use std::{borrow::Cow, fs};
+
+use anyhow::Context as _;
+use nftables::{
+    batch::Batch,
+    expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, SetItem},
+    helper::{apply_ruleset, apply_ruleset_raw, get_current_ruleset, get_current_ruleset_raw},
+    schema::{Chain, NfListObject, Rule, Table},
+    stmt::{Counter, Match, Operator, Statement},
+    types::{NfChainType, NfFamily, NfHook},
+};
+use serde_json::Value;
+
+/// Netfilter's raw priority: before conntrack (-200) sees the packet.
+const PRIORITY_RAW: i32 = -300;
+
+/// The name of the bypass table of `iface` (nft identifiers: letters, digits, `_`).
+pub fn table_name(iface: &str) -> String {
+    let sanitized: String = iface
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("dns_xdp_{sanitized}")
+}
+
+/// One bypass rule: which hook, which interface match, which port field.
+struct BypassRule {
+    chain: &'static str,
+    iface_key: MetaKey,
+    port_field: &'static str,
+    /// What it exempts, for `status`.
+    purpose: &'static str,
+}
+
+/// Serving (queries in, answers out) and backending (queries out to upstream servers,
+/// answers in), UDP and TCP alike.
+const RULES: [BypassRule; 4] = [
+    BypassRule {
+        chain: "prerouting",
+        iface_key: MetaKey::Iifname,
+        port_field: "dport",
+        purpose: "queries to this host (serving)",
+    },
+    BypassRule {
+        chain: "prerouting",
+        iface_key: MetaKey::Iifname,
+        port_field: "sport",
+        purpose: "answers from upstream servers (backending)",
+    },
+    BypassRule {
+        chain: "output",
+        iface_key: MetaKey::Oifname,
+        port_field: "sport",
+        purpose: "answers from this host (serving)",
+    },
+    BypassRule {
+        chain: "output",
+        iface_key: MetaKey::Oifname,
+        port_field: "dport",
+        purpose: "queries to upstream servers (backending)",
+    },
+];
+
+fn matches(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
+    Statement::Match(Match {
+        left,
+        right,
+        op: Operator::EQ,
+    })
+}
+
+fn set(items: impl IntoIterator<Item = Expression<'static>>) -> Expression<'static> {
+    Expression::Named(NamedExpression::Set(
+        items.into_iter().map(SetItem::Element).collect(),
+    ))
+}
+
+/// The transaction that (re)creates the bypass table of `iface` for `ports`: it creates
+/// the table if missing and deletes it, so re-running it replaces whatever was there.
+fn bypass_batch(iface: &str, ports: &[u16]) -> Batch<'static> {
+    let table = table_name(iface);
+    let mut batch = Batch::new();
+    let table_object = || {
+        NfListObject::Table(Table {
+            family: NfFamily::INet,
+            name: Cow::Owned(table.clone()),
+            handle: None,
+        })
+    };
+    batch.add(table_object());
+    batch.delete(table_object());
+    batch.add(table_object());
+    for (name, hook) in [
+        ("prerouting", NfHook::Prerouting),
+        ("output", NfHook::Output),
+    ] {
+        batch.add(NfListObject::Chain(Chain {
+            family: NfFamily::INet,
+            table: Cow::Owned(table.clone()),
+            name: Cow::Borrowed(name),
+            _type: Some(NfChainType::Filter),
+            hook: Some(hook),
+            prio: Some(PRIORITY_RAW),
+            ..Chain::default()
+        }));
+    }
+    let ports = || {
+        set(ports
+            .iter()
+            .map(|&port| Expression::Number(u32::from(port))))
+    };
+    for rule in &RULES {
+        let expr = vec![
+            matches(
+                Expression::Named(NamedExpression::Meta(Meta {
+                    key: rule.iface_key,
+                })),
+                Expression::String(Cow::Owned(iface.to_owned())),
+            ),
+            matches(
+                Expression::Named(NamedExpression::Meta(Meta {
+                    key: MetaKey::L4proto,
+                })),
+                set([
+                    Expression::String("udp".into()),
+                    Expression::String("tcp".into()),
+                ]),
+            ),
+            matches(
+                Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+                    PayloadField {
+                        protocol: "th".into(),
+                        field: rule.port_field.into(),
+                    },
+                ))),
+                ports(),
+            ),
+            Statement::Counter(Counter::Anonymous(None)),
+            Statement::Notrack,
+        ];
+        batch.add(NfListObject::Rule(Rule {
+            family: NfFamily::INet,
+            table: Cow::Owned(table.clone()),
+            chain: Cow::Borrowed(rule.chain),
+            expr: expr.into(),
+            comment: Some(rule.purpose.into()),
+            ..Rule::default()
+        }));
+    }
+    batch
+}
+
+/// nft's JSON for a batch. nftables 0.6 writes the `notrack` statement as a bare
+/// string, which nft rejects; nft wants `{"notrack": null}`.
+fn batch_json(batch: Batch<'static>) -> anyhow::Result<Value> {
+    let mut json = serde_json::to_value(batch.to_nftables())?;
+    let statements = json
+        .get_mut("nftables")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+        .filter_map(|command| command.pointer_mut("/add/rule/expr")?.as_array_mut())
+        .flatten();
+    for statement in statements {
+        if statement == "notrack" {
+            *statement = serde_json::json!({ "notrack": null });
+        }
+    }
+    Ok(json)
+}
+
+/// Installs (or replaces) the bypass rules of `iface`.
+pub fn install(iface: &str, ports: &[u16]) -> anyhow::Result<()> {
+    let json = batch_json(bypass_batch(iface, ports))?;
+    apply_ruleset_raw(&json.to_string(), None::<&str>, [] as [&str; 0]).with_context(|| {
+        format!("installing the conntrack bypass for {iface} with nft (is nftables installed?)")
+    })?;
+    Ok(())
+}
+
+/// Removes the bypass table of `iface`; succeeds when there was none.
+pub fn remove(iface: &str) -> anyhow::Result<()> {
+    let mut batch = Batch::new();
+    let table = || {
+        NfListObject::Table(Table {
+            family: NfFamily::INet,
+            name: Cow::Owned(table_name(iface)),
+            handle: None,
+        })
+    };
+    batch.add(table());
+    batch.delete(table());
+    apply_ruleset(&batch.to_nftables())
+        .with_context(|| format!("removing the conntrack bypass of {iface} with nft"))
+}
+
+/// A bypass rule as installed, with the packets it has exempted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstalledRule {
+    pub chain: String,
+    pub purpose: String,
+    pub packets: u64,
+}
+
+/// The bypass rules installed for `iface`, or `None` when its table does not exist.
+pub fn installed(iface: &str) -> anyhow::Result<Option<Vec<InstalledRule>>> {
+    let table = table_name(iface);
+    let Ok(listing) =
+        get_current_ruleset_raw(None::<&str>, ["list", "table", "inet", table.as_str()])
+    else {
+        return Ok(None);
+    };
+    let listing: Value = serde_json::from_str(&listing).context("parsing nft's listing")?;
+    let mut rules = Vec::new();
+    for object in listing["nftables"].as_array().into_iter().flatten() {
+        let Some(rule) = object.get("rule") else {
+            continue;
+        };
+        let packets = rule["expr"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|statement| statement["counter"]["packets"].as_u64())
+            .unwrap_or(0);
+        rules.push(InstalledRule {
+            chain: rule["chain"].as_str().unwrap_or_default().to_owned(),
+            purpose: rule["comment"].as_str().unwrap_or_default().to_owned(),
+            packets,
+        });
+    }
+    Ok(Some(rules))
+}
+
+/// `nf_conntrack_count` and `nf_conntrack_max` of this network namespace, when conntrack
+/// is loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Headroom {
+    pub count: u64,
+    pub max: u64,
+}
+
+pub fn headroom() -> Option<Headroom> {
+    let read = |name: &str| -> Option<u64> {
+        fs::read_to_string(format!("/proc/sys/net/netfilter/{name}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some(Headroom {
+        count: read("nf_conntrack_count")?,
+        max: read("nf_conntrack_max")?,
+    })
+}
+
+/// A stateless accept rule untracked DNS needs where a filter chain drops by default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Needed {
+    pub hook: &'static str,
+    /// The port field that must be a DNS port: `sport` or `dport`.
+    pub field: &'static str,
+    pub lets_through: &'static str,
+}
+
+/// Serving and backending, in both filter hooks.
+const NEEDED: [Needed; 4] = [
+    Needed {
+        hook: "input",
+        field: "dport",
+        lets_through: "queries to this host",
+    },
+    Needed {
+        hook: "input",
+        field: "sport",
+        lets_through: "answers from upstream servers",
+    },
+    Needed {
+        hook: "output",
+        field: "sport",
+        lets_through: "answers from this host",
+    },
+    Needed {
+        hook: "output",
+        field: "dport",
+        lets_through: "queries to upstream servers",
+    },
+];
+
+/// A filter chain that would drop untracked DNS, and the accept rules it lacks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hazard {
+    /// `family table chain`, as nft names it.
+    pub chain: String,
+    pub missing: Vec<Needed>,
+}
+
+/// Looks at the host's nftables ruleset (iptables-nft rules included) for input/output
+/// filter chains with a drop policy and no stateless accept for the DNS ports: untracked
+/// packets match no `ct state` rule, so such a chain drops them once the bypass is on.
+pub fn hazards(ports: &[u16]) -> anyhow::Result<Vec<Hazard>> {
+    let ruleset = get_current_ruleset().context("reading the nftables ruleset")?;
+    let ruleset = serde_json::to_value(&ruleset)?;
+    Ok(find_hazards(&ruleset, ports))
+}
+
+/// The pure part of `hazards`, on nft's JSON.
+pub fn find_hazards(ruleset: &Value, ports: &[u16]) -> Vec<Hazard> {
+    let objects: Vec<&Value> = ruleset["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut hazards = Vec::new();
+    for chain in objects.iter().filter_map(|object| object.get("chain")) {
+        let hook = chain["hook"].as_str().unwrap_or_default();
+        if chain["policy"] != "drop" || !matches!(hook, "input" | "output") {
+            continue;
+        }
+        let rules: Vec<&Value> = objects
+            .iter()
+            .filter_map(|object| object.get("rule"))
+            .filter(|rule| {
+                rule["family"] == chain["family"]
+                    && rule["table"] == chain["table"]
+                    && rule["chain"] == chain["name"]
+            })
+            .collect();
+        let missing: Vec<Needed> = NEEDED
+            .into_iter()
+            .filter(|needed| {
+                needed.hook == hook
+                    && !rules
+                        .iter()
+                        .any(|rule| accepts_statelessly(rule, needed.field, ports))
+            })
+            .collect();
+        if !missing.is_empty() {
+            hazards.push(Hazard {
+                chain: format!(
+                    "{} {} {}",
+                    chain["family"].as_str().unwrap_or_default(),
+                    chain["table"].as_str().unwrap_or_default(),
+                    chain["name"].as_str().unwrap_or_default()
+                ),
+                missing,
+            });
+        }
+    }
+    hazards
+}
+
+/// Whether `rule` accepts packets whose `field` (sport/dport) is one of `ports`, with no
+/// condition on conntrack state.
+fn accepts_statelessly(rule: &Value, field: &str, ports: &[u16]) -> bool {
+    let statements: Vec<&Value> = rule["expr"].as_array().into_iter().flatten().collect();
+    let accepts = statements
+        .iter()
+        .any(|statement| statement.get("accept").is_some());
+    let uses_ct = statements
+        .iter()
+        .any(|statement| statement["match"]["left"].get("ct").is_some());
+    let covers_ports = statements.iter().any(|statement| {
+        let matched = &statement["match"];
+        matched["left"]["payload"]["field"] == field
+            && ports
+                .iter()
+                .all(|&port| value_contains(&matched["right"], port))
+    });
+    accepts && !uses_ct && covers_ports
+}
+
+fn value_contains(value: &Value, port: u16) -> bool {
+    match value {
+        Value::Number(number) => number.as_u64() == Some(u64::from(port)),
+        Value::Array(items) => items.iter().any(|item| value_contains(item, port)),
+        Value::Object(object) => {
+            if let Some(range) = object.get("range").and_then(Value::as_array) {
+                let bound = |index: usize| range.get(index).and_then(Value::as_u64);
+                matches!((bound(0), bound(1)), (Some(low), Some(high)) if (low..=high).contains(&u64::from(port)))
+            } else {
+                object.values().any(|item| value_contains(item, port))
+            }
+        }
+        _ => false,
+    }
+}
+
+/// The accept rules an operator should add for `hazard`, in nft and iptables syntax.
+pub fn advice(hazard: &Hazard, ports: &[u16]) -> Vec<String> {
+    let list = |separator: &str| {
+        ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(separator)
+    };
+    let ports_nft = match ports {
+        [port] => port.to_string(),
+        _ => format!("{{ {} }}", list(", ")),
+    };
+    let mut lines = Vec::new();
+    for needed in &hazard.missing {
+        let Needed {
+            hook,
+            field,
+            lets_through,
+        } = needed;
+        lines.push(format!(
+            "nft add rule {} meta l4proto {{ udp, tcp }} th {field} {ports_nft} accept   # {lets_through}",
+            hazard.chain
+        ));
+        for proto in ["udp", "tcp"] {
+            lines.push(format!(
+                "iptables -I {} -p {proto} -m multiport --{field}s {} -j ACCEPT   # {lets_through}",
+                hook.to_uppercase(),
+                list(",")
+            ));
+        }
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn table_names_are_nft_identifiers() {
+        assert_eq!(table_name("eth0"), "dns_xdp_eth0");
+        assert_eq!(table_name("bond0.100"), "dns_xdp_bond0_100");
+        assert_eq!(table_name("veth-a@b"), "dns_xdp_veth_a_b");
+    }
+
+    #[test]
+    fn the_bypass_batch_notracks_both_directions_for_every_port() {
+        let json = batch_json(bypass_batch("eth0", &[53, 853])).unwrap();
+        let text = json.to_string();
+        for needle in [
+            "\"notrack\":null",
+            "\"prio\":-300",
+            "\"hook\":\"prerouting\"",
+            "\"hook\":\"output\"",
+            "\"iifname\"",
+            "\"oifname\"",
+            "\"dport\"",
+            "\"sport\"",
+            "853",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from {text}");
+        }
+        let rules = json["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o["add"].get("rule").is_some())
+            .count();
+        assert_eq!(rules, 4);
+    }
+
+    fn ruleset(policy: &str, rules: Vec<Value>) -> Value {
+        let mut objects = vec![
+            json!({"chain": {"family": "inet", "table": "filter", "name": "input", "hook": "input", "policy": policy}}),
+        ];
+        objects.extend(rules.into_iter().map(|expr| json!({"rule": {"family": "inet", "table": "filter", "chain": "input", "expr": expr}})));
+        json!({ "nftables": objects })
+    }
+
+    fn dport_accept(right: Value) -> Value {
+        json!([{"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": right}}, {"accept": null}])
+    }
+
+    #[test]
+    fn a_drop_policy_without_stateless_accepts_is_a_hazard() {
+        let stateful = json!([
+            {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}},
+            {"accept": null}
+        ]);
+        let hazards = find_hazards(&ruleset("drop", vec![stateful]), &[53]);
+        assert_eq!(hazards.len(), 1);
+        assert_eq!(hazards[0].chain, "inet filter input");
+        let fields: Vec<_> = hazards[0]
+            .missing
+            .iter()
+            .map(|needed| needed.field)
+            .collect();
+        assert_eq!(fields, ["dport", "sport"]);
+        let advice = advice(&hazards[0], &[53]);
+        assert!(
+            advice[0].starts_with(
+                "nft add rule inet filter input meta l4proto { udp, tcp } th dport 53 accept"
+            ),
+            "{advice:?}"
+        );
+        assert!(advice.iter().any(|line| {
+            line.starts_with("iptables -I INPUT -p tcp -m multiport --sports 53 -j ACCEPT")
+        }));
+    }
+
+    #[test]
+    fn stateless_accepts_or_an_accept_policy_are_safe() {
+        assert!(find_hazards(&ruleset("accept", vec![]), &[53]).is_empty());
+        let sport = json!([{"match": {"op": "==", "left": {"payload": {"protocol": "th", "field": "sport"}}, "right": {"set": [53, 853]}}}, {"accept": null}]);
+        let safe = ruleset("drop", vec![dport_accept(json!(53)), sport.clone()]);
+        assert!(find_hazards(&safe, &[53]).is_empty());
+        let ranged = ruleset(
+            "drop",
+            vec![dport_accept(json!({"range": [1, 1024]})), sport],
+        );
+        assert!(find_hazards(&ranged, &[53, 853]).is_empty());
+        // An accept that also requires a conntrack state does not count.
+        let stateful_accept = json!([
+            {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 53}},
+            {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}},
+            {"accept": null}
+        ]);
+        let hazards = find_hazards(&ruleset("drop", vec![stateful_accept]), &[53]);
+        assert_eq!(hazards[0].missing.len(), 2);
+    }
+}

@@ -1,0 +1,173 @@
+//! What dns-xdp has on an interface, seen from any shell: the programs attached, the
+//! conntrack bypass rules, conntrack headroom, and filter rules that would drop
+//! untracked DNS.
+
+use std::process::Command;
+
+use anyhow::Context as _;
+use aya::programs::{SchedClassifier, TcAttachType};
+use serde_json::{Value, json};
+
+use crate::{
+    conntrack::{self, Hazard, Headroom, InstalledRule},
+    programs::{EGRESS_PROGRAM, XDP_PROGRAM, if_index},
+};
+
+/// A BPF program attached to the interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attached {
+    pub id: u32,
+    pub name: String,
+    /// XDP mode (`native`, `skb`, `offload`) or `tcx` for the egress hook.
+    pub mode: String,
+}
+
+impl Attached {
+    /// Whether this is one of dns-xdp's programs.
+    pub fn is_ours(&self) -> bool {
+        self.name == XDP_PROGRAM || self.name == EGRESS_PROGRAM
+    }
+}
+
+pub struct Status {
+    pub iface: String,
+    pub xdp: Option<Attached>,
+    pub egress: Vec<Attached>,
+    /// `None`: no bypass table for this interface.
+    pub bypass: Option<Vec<InstalledRule>>,
+    pub conntrack: Option<Headroom>,
+    pub hazards: Vec<Hazard>,
+}
+
+impl Status {
+    pub fn collect(iface: &str, ports: &[u16]) -> anyhow::Result<Self> {
+        if_index(iface)?;
+        let egress = SchedClassifier::query_tcx(iface, TcAttachType::Egress)
+            .map(|(_, programs)| {
+                programs
+                    .iter()
+                    .map(|info| Attached {
+                        id: info.id(),
+                        name: info.name_as_str().unwrap_or_default().to_owned(),
+                        mode: "tcx".to_owned(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Self {
+            iface: iface.to_owned(),
+            xdp: attached_xdp(iface)?,
+            egress,
+            bypass: conntrack::installed(iface)?,
+            conntrack: conntrack::headroom(),
+            hazards: conntrack::hazards(ports).unwrap_or_default(),
+        })
+    }
+
+    pub fn json(&self) -> Value {
+        let program = |attached: &Attached| json!({"id": attached.id, "name": attached.name, "mode": attached.mode});
+        json!({
+            "iface": self.iface,
+            "xdp": self.xdp.as_ref().map(program),
+            "egress": self.egress.iter().map(program).collect::<Vec<_>>(),
+            "conntrack_bypass": self.bypass.as_ref().map(|rules| rules.iter().map(|rule| json!({
+                "chain": rule.chain, "purpose": rule.purpose, "packets": rule.packets,
+            })).collect::<Vec<_>>()),
+            "conntrack": headroom_json(self.conntrack),
+            "hazards": self.hazards.iter().map(|hazard| json!({
+                "chain": hazard.chain,
+                "missing": hazard.missing.iter().map(|needed| needed.lets_through).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    pub fn text(&self, ports: &[u16]) -> String {
+        let program = |attached: &Attached| {
+            format!("{} (id {}, {})", attached.name, attached.id, attached.mode)
+        };
+        let mut text = format!("interface {}\n", self.iface);
+        text.push_str(&format!(
+            "  xdp:        {}\n",
+            self.xdp.as_ref().map_or("none".to_owned(), program)
+        ));
+        let egress: Vec<String> = self.egress.iter().map(program).collect();
+        text.push_str(&format!(
+            "  tc egress:  {}\n",
+            if egress.is_empty() {
+                "none".to_owned()
+            } else {
+                egress.join(", ")
+            }
+        ));
+        match &self.bypass {
+            None => text.push_str("  conntrack bypass: none\n"),
+            Some(rules) => {
+                text.push_str(&format!(
+                    "  conntrack bypass (nft table inet {}):\n",
+                    conntrack::table_name(&self.iface)
+                ));
+                for rule in rules {
+                    text.push_str(&format!(
+                        "    {:<11} notrack {:<45} {:>12} packets\n",
+                        rule.chain, rule.purpose, rule.packets
+                    ));
+                }
+            }
+        }
+        match self.conntrack {
+            Some(Headroom { count, max }) => {
+                text.push_str(&format!("  conntrack:  {count} of {max} entries in use\n"))
+            }
+            None => text.push_str("  conntrack:  not loaded\n"),
+        }
+        for hazard in &self.hazards {
+            text.push_str(&format!("  warning: {}\n", hazard_warning(hazard, ports)));
+        }
+        text
+    }
+}
+
+/// `{"count":..,"max":..}`, or null where conntrack is not loaded.
+pub fn headroom_json(headroom: Option<Headroom>) -> Value {
+    headroom.map_or(
+        Value::Null,
+        |Headroom { count, max }| json!({"count": count, "max": max}),
+    )
+}
+
+/// The warning for a chain that drops untracked DNS, with the rules that fix it.
+pub fn hazard_warning(hazard: &Hazard, ports: &[u16]) -> String {
+    let mut text = format!(
+        "chain {} drops by default and has no stateless accept for the DNS ports; \
+         untracked DNS will be dropped there. Add:",
+        hazard.chain
+    );
+    for line in conntrack::advice(hazard, ports) {
+        text.push_str(&format!("\n    {line}"));
+    }
+    text
+}
+
+/// The XDP program on `iface`, from `ip -d -j link show`.
+fn attached_xdp(iface: &str) -> anyhow::Result<Option<Attached>> {
+    let output = Command::new("ip")
+        .args(["-d", "-j", "link", "show", "dev", iface])
+        .output()
+        .context("running ip (iproute2)")?;
+    let links: Value = serde_json::from_slice(&output.stdout).context("parsing ip's JSON")?;
+    let xdp = &links[0]["xdp"];
+    let Some(id) = xdp["prog"]["id"].as_u64() else {
+        return Ok(None);
+    };
+    let mode = match xdp["mode"].as_u64() {
+        Some(1) => "native",
+        Some(2) => "skb",
+        Some(3) => "offload",
+        _ => "multi",
+    };
+    Ok(Some(Attached {
+        id: u32::try_from(id)?,
+        name: xdp["prog"]["name"].as_str().unwrap_or_default().to_owned(),
+        mode: mode.to_owned(),
+    }))
+}
