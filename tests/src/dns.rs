@@ -92,47 +92,82 @@ impl Drop for Responder {
     }
 }
 
-/// Sends `query` over UDP from a fresh socket (bound to `source` if given) and waits for
-/// the answer with its ID. `fragment`: let IPv4 fragment a query larger than the MTU.
-pub fn udp_exchange(
-    source: Option<std::net::IpAddr>,
-    server: SocketAddr,
-    query: &[u8],
-    fragment: bool,
-) -> anyhow::Result<Vec<u8>> {
-    let local = match source {
-        Some(addr) => SocketAddr::new(addr, 0),
-        None if server.is_ipv4() => "0.0.0.0:0".parse()?,
-        None => "[::]:0".parse()?,
-    };
-    let socket = UdpSocket::bind(local)?;
-    if fragment && server.is_ipv4() {
-        // Let the kernel fragment datagrams larger than the MTU (no DF bit).
-        let dont: libc::c_int = libc::IP_PMTUDISC_DONT;
-        use std::os::fd::AsRawFd;
-        // SAFETY: a valid socket, option and option length.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
-                (&raw const dont).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        anyhow::ensure!(
-            rc == 0,
-            "IP_MTU_DISCOVER: {}",
-            std::io::Error::last_os_error()
-        );
+/// A DNS client: where it sends from, how long it waits, whether IPv4 may fragment.
+#[derive(Clone, Copy, Debug)]
+pub struct Client {
+    /// Source address of UDP queries (one of this namespace's); the kernel picks when `None`.
+    pub source: Option<std::net::IpAddr>,
+    /// How long to wait to connect and for an answer.
+    pub timeout: Duration,
+    /// Let IPv4 fragment a query larger than the MTU (no DF bit).
+    pub fragment: bool,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Self {
+            source: None,
+            timeout: TIMEOUT,
+            fragment: false,
+        }
     }
-    socket.set_read_timeout(Some(TIMEOUT))?;
-    socket.send_to(query, server)?;
-    let mut buf = vec![0u8; 65536];
-    let len = socket.recv(&mut buf).context("no UDP answer")?;
-    buf.truncate(len);
-    anyhow::ensure!(buf[..2] == query[..2], "answer with another ID");
-    Ok(buf)
+}
+
+impl Client {
+    /// Sends `query` over UDP from a fresh socket and waits for the answer with its ID.
+    pub fn udp(&self, server: SocketAddr, query: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let local = match self.source {
+            Some(addr) => SocketAddr::new(addr, 0),
+            None if server.is_ipv4() => "0.0.0.0:0".parse()?,
+            None => "[::]:0".parse()?,
+        };
+        let socket = UdpSocket::bind(local)?;
+        if self.fragment && server.is_ipv4() {
+            let dont: libc::c_int = libc::IP_PMTUDISC_DONT;
+            use std::os::fd::AsRawFd;
+            // SAFETY: a valid socket, option and option length.
+            let rc = unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::IPPROTO_IP,
+                    libc::IP_MTU_DISCOVER,
+                    (&raw const dont).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            anyhow::ensure!(
+                rc == 0,
+                "IP_MTU_DISCOVER: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        socket.set_read_timeout(Some(self.timeout))?;
+        socket.send_to(query, server)?;
+        let mut buf = vec![0u8; 65536];
+        let len = socket.recv(&mut buf).context("no UDP answer")?;
+        buf.truncate(len);
+        anyhow::ensure!(buf[..2] == query[..2], "answer with another ID");
+        Ok(buf)
+    }
+
+    /// Sends `query` over a new TCP connection (length-prefixed) and reads the answer.
+    pub fn tcp(&self, server: SocketAddr, query: &[u8]) -> anyhow::Result<Vec<u8>> {
+        anyhow::ensure!(
+            self.source.is_none(),
+            "TCP queries go from the kernel's source address"
+        );
+        let mut stream = TcpStream::connect_timeout(&server, self.timeout)?;
+        stream.set_read_timeout(Some(self.timeout))?;
+        let mut message = (query.len() as u16).to_be_bytes().to_vec();
+        message.extend_from_slice(query);
+        stream.write_all(&message)?;
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut len)?;
+        let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        stream.read_exact(&mut answer)?;
+        anyhow::ensure!(answer[..2] == query[..2], "answer with another ID");
+        Ok(answer)
+    }
 }
 
 /// Sends `count` queries from `source` (an address of this namespace) to `server`, one
@@ -158,19 +193,4 @@ pub fn udp_flood(
         answers += 1;
     }
     Ok((answers, sending))
-}
-
-/// Sends `query` over a new TCP connection (length-prefixed) and reads the answer.
-pub fn tcp_exchange(server: SocketAddr, query: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut stream = TcpStream::connect_timeout(&server, TIMEOUT)?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    let mut message = (query.len() as u16).to_be_bytes().to_vec();
-    message.extend_from_slice(query);
-    stream.write_all(&message)?;
-    let mut len = [0u8; 2];
-    stream.read_exact(&mut len)?;
-    let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
-    stream.read_exact(&mut answer)?;
-    anyhow::ensure!(answer[..2] == query[..2], "answer with another ID");
-    Ok(answer)
 }

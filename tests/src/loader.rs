@@ -93,6 +93,23 @@ impl Loader {
         }
     }
 
+    /// The newest JSON line: waits up to `timeout` for one, then takes the last queued.
+    pub fn latest_json(&mut self, timeout: Duration) -> anyhow::Result<serde_json::Value> {
+        let mut latest = self.next_json(timeout)?;
+        while let Ok(line) = self.lines.try_recv() {
+            if let Ok(value) = serde_json::from_str(&line) {
+                latest = value;
+            }
+        }
+        Ok(latest)
+    }
+
+    /// SIGKILL, as a crash would: no cleanup runs in the loader.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Everything written to stderr so far.
     pub fn stderr_text(&self) -> String {
         self.stderr.try_iter().collect::<Vec<_>>().join("\n")

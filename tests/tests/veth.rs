@@ -9,7 +9,7 @@ use std::{
 use dns_xdp::report::counters_from_json;
 use dns_xdp_common::{Class, Counter, Counters, L4};
 use dns_xdp_tests::{
-    dns::{Responder, tcp_exchange, udp_exchange},
+    dns::{Client, Responder},
     loader::Loader,
     netns::{LINK, Pair, SERVER_V4, SERVER_V6},
     packet::dns_query,
@@ -54,23 +54,41 @@ fn queries_and_answers_over_veth_are_counted_and_ctrl_c_detaches() {
             };
             for _ in 0..UDP4_QUERIES {
                 answered += usize::from(
-                    udp_exchange(None, server(SERVER_V4), &query(false), false).is_ok(),
+                    Client::default()
+                        .udp(server(SERVER_V4), &query(false))
+                        .is_ok(),
                 );
             }
             for _ in 0..UDP6_QUERIES {
                 answered += usize::from(
-                    udp_exchange(None, server(SERVER_V6), &query(false), false).is_ok(),
+                    Client::default()
+                        .udp(server(SERVER_V6), &query(false))
+                        .is_ok(),
                 );
             }
             for _ in 0..TCP4_QUERIES {
-                answered += usize::from(tcp_exchange(server(SERVER_V4), &query(false)).is_ok());
+                answered += usize::from(
+                    Client::default()
+                        .tcp(server(SERVER_V4), &query(false))
+                        .is_ok(),
+                );
             }
             for _ in 0..TCP6_QUERIES {
-                answered += usize::from(tcp_exchange(server(SERVER_V6), &query(false)).is_ok());
+                answered += usize::from(
+                    Client::default()
+                        .tcp(server(SERVER_V6), &query(false))
+                        .is_ok(),
+                );
             }
             for _ in 0..FRAGMENTED_QUERIES {
-                answered +=
-                    usize::from(udp_exchange(None, server(SERVER_V4), &query(true), true).is_ok());
+                answered += usize::from(
+                    Client {
+                        fragment: true,
+                        ..Client::default()
+                    }
+                    .udp(server(SERVER_V4), &query(true))
+                    .is_ok(),
+                );
             }
             answered
         })
@@ -80,6 +98,55 @@ fn queries_and_answers_over_veth_are_counted_and_ctrl_c_detaches() {
     drop(responder);
     let (server_status, at_server) = server_loader.interrupt().unwrap();
     let (client_status, at_client) = client_loader.interrupt().unwrap();
+    let egress_server = at_server["egress"].clone();
+    let egress_client = at_client["egress"].clone();
+    println!("egress server: {egress_server}\negress client: {egress_client}");
+    // Egress (TC) on each side sees exactly the UDP datagrams the other side's XDP saw:
+    // responses leaving the server, queries leaving the client. Frame sizes are known:
+    // a 29-byte query or answer is 71 bytes over IPv4, 91 over IPv6, and a fragmented
+    // one's first fragment fills the 1500-byte MTU.
+    let udp4 = (UDP4_QUERIES + FRAGMENTED_QUERIES) as u64;
+    let udp4_bytes = UDP4_QUERIES as u64 * 71 + FRAGMENTED_QUERIES as u64 * 1514;
+    for (egress, direction) in [(&egress_server, "response"), (&egress_client, "upstream")] {
+        let get = |name: &str| egress[format!("{direction}_{name}")].as_u64().unwrap();
+        assert_eq!(get("udp4_packets"), udp4, "{direction}: {egress}");
+        assert_eq!(get("udp4_bytes"), udp4_bytes, "{direction}: {egress}");
+        assert_eq!(
+            get("udp6_packets"),
+            UDP6_QUERIES as u64,
+            "{direction}: {egress}"
+        );
+        assert_eq!(
+            get("udp6_bytes"),
+            UDP6_QUERIES as u64 * 91,
+            "{direction}: {egress}"
+        );
+        assert!(
+            get("tcp4_packets") >= 2 * TCP4_QUERIES as u64,
+            "{direction}: {egress}"
+        );
+        assert!(
+            get("tcp6_packets") >= 2 * TCP6_QUERIES as u64,
+            "{direction}: {egress}"
+        );
+        let other = if direction == "response" {
+            "upstream"
+        } else {
+            "response"
+        };
+        for name in [
+            "udp4_packets",
+            "udp6_packets",
+            "tcp4_packets",
+            "tcp6_packets",
+        ] {
+            assert_eq!(
+                egress[format!("{other}_{name}")],
+                0,
+                "{other}_{name}: {egress}"
+            );
+        }
+    }
     let at_server = counters_from_json(&at_server).unwrap();
     let at_client = counters_from_json(&at_client).unwrap();
     assert!(server_status.success() && client_status.success());

@@ -9,7 +9,7 @@ use std::{
 
 use dns_xdp_common::Counter;
 use dns_xdp_tests::{
-    dns::{Responder, udp_exchange, udp_flood},
+    dns::{Client, Responder, udp_flood},
     loader::Loader,
     netns::{LINK, Pair, SERVER_V4},
     packet::dns_query,
@@ -58,8 +58,14 @@ fn an_abusive_source_is_held_to_its_rate_and_named_while_others_lose_nothing() {
                 for addr in NORMAL {
                     let socket_addr: IpAddr = addr.parse().unwrap();
                     let query = dns_query(round as u16, "example.com");
-                    normal +=
-                        usize::from(udp_exchange(Some(socket_addr), server, &query, false).is_ok());
+                    normal += usize::from(
+                        Client {
+                            source: Some(socket_addr),
+                            ..Client::default()
+                        }
+                        .udp(server, &query)
+                        .is_ok(),
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
