@@ -473,7 +473,7 @@ mod tests {
         json!({ "nftables": objects })
     }
 
-    fn dport_accept(right: Value) -> Value {
+    fn dport_accept(right: &Value) -> Value {
         json!([{"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": right}}, {"accept": null}])
     }
 
@@ -508,11 +508,11 @@ mod tests {
     fn stateless_accepts_or_an_accept_policy_are_safe() {
         assert!(find_hazards(&ruleset("accept", vec![]), &[53]).is_empty());
         let sport = json!([{"match": {"op": "==", "left": {"payload": {"protocol": "th", "field": "sport"}}, "right": {"set": [53, 853]}}}, {"accept": null}]);
-        let safe = ruleset("drop", vec![dport_accept(json!(53)), sport.clone()]);
+        let safe = ruleset("drop", vec![dport_accept(&json!(53)), sport.clone()]);
         assert!(find_hazards(&safe, &[53]).is_empty());
         let ranged = ruleset(
             "drop",
-            vec![dport_accept(json!({"range": [1, 1024]})), sport],
+            vec![dport_accept(&json!({"range": [1, 1024]})), sport],
         );
         assert!(find_hazards(&ranged, &[53, 853]).is_empty());
         // An accept that also requires a conntrack state does not count.

@@ -2,7 +2,7 @@
 
 use aya::programs::{TestRun, TestRunOptions};
 use dns_xdp::{Programs, Settings, programs::XDP_PROGRAM};
-use dns_xdp_common::{Counter, Counters};
+use dns_xdp_common::{Counter, Counters, EgressCounters};
 
 /// XDP verdicts, as the kernel numbers them.
 pub const XDP_DROP: u32 = 1;
@@ -62,6 +62,20 @@ impl Harness {
         options.repeat = repeat;
         let result = self.programs.xdp(program)?.test_run(options)?;
         Ok((result.return_value, result.duration))
+    }
+
+    /// Runs the egress (TC) program once on `frame`; returns its egress counter deltas.
+    pub fn run_egress(&mut self, frame: &[u8]) -> anyhow::Result<EgressCounters> {
+        let before = self.programs.egress_counters()?;
+        let mut options = TestRunOptions::new();
+        options.data_in = Some(frame);
+        self.programs.egress()?.test_run(options)?;
+        let after = self.programs.egress_counters()?;
+        let mut delta = EgressCounters::default();
+        for (index, value) in delta.values.iter_mut().enumerate() {
+            *value = after.values[index] - before.values[index];
+        }
+        Ok(delta)
     }
 
     /// Runs the main program once on `frame` and reports the verdict and counter deltas.

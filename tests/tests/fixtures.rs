@@ -499,6 +499,52 @@ fn configured_ports_replace_the_default() {
 }
 
 #[test]
+fn egress_counts_responses_and_upstream_queries_with_the_same_parser() {
+    use dns_xdp_common::EgressCounter;
+    let mut harness = Harness::new(&[53]).unwrap();
+    let cases = [
+        (
+            v4(Layer::Udp {
+                src: 53,
+                dst: 40000,
+            }),
+            Some(EgressCounter::ResponseUdp4Packets),
+        ),
+        (
+            v6(&[Layer::Tcp {
+                src: 53,
+                dst: 40000,
+            }]),
+            Some(EgressCounter::ResponseTcp6Packets),
+        ),
+        (v4(Layer::udp(53)), Some(EgressCounter::UpstreamUdp4Packets)),
+        (
+            v6(&[ext(HOPOPTS), Layer::udp(53)]),
+            Some(EgressCounter::UpstreamUdp6Packets),
+        ),
+        (v4(Layer::udp(5353)), None),
+        // (BPF_PROG_TEST_RUN refuses skbs shorter than their IP header: no truncated case.)
+        (v4(Layer::OtherL4(1)), None),
+    ];
+    for (frame, expected) in cases {
+        let delta = harness.run_egress(&frame).unwrap();
+        assert_eq!(delta.get(EgressCounter::Packets), 1);
+        let moved: Vec<_> = EgressCounter::ALL
+            .iter()
+            .filter(|&&counter| counter != EgressCounter::Packets && delta.get(counter) != 0)
+            .map(|&counter| (counter, delta.get(counter)))
+            .collect();
+        match expected {
+            Some(packets) => {
+                let bytes = EgressCounter::ALL[packets as usize + 1];
+                assert_eq!(moved, [(packets, 1), (bytes, frame.len() as u64)]);
+            }
+            None => assert!(moved.is_empty(), "{moved:?}"),
+        }
+    }
+}
+
+#[test]
 fn frames_shorter_than_ethernet_never_reach_the_program() {
     // The kernel rejects them before XDP (BPF_PROG_TEST_RUN and drivers alike).
     let mut harness = Harness::new(&[53]).unwrap();
