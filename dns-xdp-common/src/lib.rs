@@ -435,6 +435,15 @@ impl EgressCounter {
         })
     }
 }
+impl Counter {
+    /// Whether this counter is the class of a frame (each frame bumps exactly one), as
+    /// opposed to `Packets` or a decision on a query.
+    pub const fn is_class(self) -> bool {
+        let index = self as u32;
+        index >= Counter::QueryUdp4 as u32 && index <= Counter::Fragment as u32
+    }
+}
+
 /// Transport protocol of a parsed packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum L4 {
@@ -630,6 +639,14 @@ mod tests {
         sorted.dedup();
         assert_eq!(sorted.len(), seen.len());
         assert!(!seen.contains(&Counter::Packets));
+        let classes: std::vec::Vec<_> = Counter::ALL
+            .iter()
+            .copied()
+            .filter(|c| c.is_class())
+            .collect();
+        let mut sorted_seen = seen.clone();
+        sorted_seen.sort();
+        assert_eq!(classes, sorted_seen);
         assert!(seen.iter().all(|&counter| counter < Counter::Allowed));
     }
 

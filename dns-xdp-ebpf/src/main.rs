@@ -23,9 +23,14 @@ use dns_xdp_common::{
 };
 use parse::{Frame, Transport};
 
-/// Runtime configuration (DNS ports, limit, prefixes, flags); written by the loader, read per packet.
+/// Runtime configuration (DNS ports, limit, prefixes, flags), double-buffered: the loader
+/// writes the slot not in use, then flips CONFIG_SLOT; read once per packet.
 #[map]
-static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+static CONFIG: Array<Config> = Array::with_max_entries(2, 0);
+
+/// Which CONFIG slot is live (0 or 1); flipped by the loader after writing the other.
+#[map]
+static CONFIG_SLOT: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Packet counters by class and decision, one `Counters` per CPU; written here, summed by the loader.
 #[map]
@@ -72,9 +77,16 @@ pub fn dns_xdp(ctx: XdpContext) -> u32 {
     }
 }
 
+/// The live configuration.
+#[inline(always)]
+fn config() -> Result<&'static Config, ()> {
+    let slot = CONFIG_SLOT.get(0).ok_or(())?;
+    CONFIG.get(*slot & 1).ok_or(())
+}
+
 #[inline(always)]
 fn try_dns_xdp(ctx: &XdpContext) -> Result<u32, ()> {
-    let config = CONFIG.get(0).ok_or(())?;
+    let config = config()?;
     let counters = COUNTERS.get_ptr_mut(0).ok_or(())?;
     // SAFETY: a per-CPU array slot is only touched by programs on this CPU, one at a time.
     let counters = unsafe { &mut *counters };
@@ -268,7 +280,7 @@ const EGRESS_PULL_BYTES: u32 = 256;
 
 #[inline(always)]
 fn try_dns_xdp_egress(ctx: &TcContext) -> Result<(), ()> {
-    let config = CONFIG.get(0).ok_or(())?;
+    let config = config()?;
     let counters = EGRESS_COUNTERS.get_ptr_mut(0).ok_or(())?;
     // SAFETY: a per-CPU array slot is only touched by programs on this CPU, one at a time.
     let counters = unsafe { &mut *counters };

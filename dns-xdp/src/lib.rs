@@ -2,6 +2,10 @@
 //! interface and reads their counters. The `dns-xdp` binary is a thin CLI over this.
 
 pub mod conntrack;
+pub mod maps;
+pub mod metrics;
+pub mod options;
+pub mod pins;
 pub mod programs;
 pub mod report;
 pub mod settings;

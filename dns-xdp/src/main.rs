@@ -1,20 +1,28 @@
-//! `dns-xdp`: attach the DNS fast path to an interface and report its counters.
+//! `dns-xdp`: attach the DNS fast path to an interface, and operate it from any shell.
 
-use std::{process::ExitCode, time::Instant};
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
-use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
 use dns_xdp::{
-    Attachment, Mode, Settings, conntrack,
-    report::{Event, Report},
-    settings::{DEFAULT_BURST, DEFAULT_V4_PREFIX, DEFAULT_V6_PREFIX, IpNet, Rate, parse_cidr},
+    Attachment, conntrack,
+    maps::Maps,
+    metrics,
+    options::{Options, parse_interval},
+    programs::{DEFAULT_PIN_ROOT, detach_pinned, if_index, pin_dir},
+    report::{Event, Report, rates},
+    settings::{IpNet, Rate, parse_cidr},
     status::{self, Status},
 };
-use dns_xdp_common::{DEFAULT_TABLE_SIZE, DNS_PORT};
+use dns_xdp_common::{Counters, DNS_PORT, Limit, NS_PER_SEC, prefix_mask};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
-    time::{Duration, MissedTickBehavior, interval},
+    time::{MissedTickBehavior, interval},
 };
 
 #[derive(Parser)]
@@ -26,131 +34,146 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Attach to an interface and run in the foreground until SIGINT/SIGTERM, then detach.
+    /// Attach to an interface and run in the foreground until SIGINT/SIGTERM, then detach
+    /// (or, with --keep-attached, leave everything attached for the next loader).
     Attach(AttachArgs),
-    /// Show what is attached to an interface, the conntrack bypass rules and headroom,
-    /// and filter rules that would drop untracked DNS.
+    /// The daemon: `attach` with its options from a TOML file (command-line flags win),
+    /// leaving the programs attached on exit so a restart or upgrade has no gap.
+    Run(RunArgs),
+    /// Programs attached to an interface, conntrack bypass rules and headroom, and filter
+    /// rules that would drop untracked DNS.
     Status(StatusArgs),
-    /// Remove what dns-xdp left on an interface (the conntrack bypass rules of a loader
-    /// that was killed); programs go with the process that attached them.
-    Detach(DetachArgs),
-}
-
-#[derive(clap::Args)]
-struct StatusArgs {
-    #[arg(long, short)]
-    iface: String,
-    /// DNS ports to check the filter rules for.
-    #[arg(long = "port", value_name = "PORT", default_values_t = [DNS_PORT],
-          value_parser = clap::value_parser!(u16).range(1..))]
-    ports: Vec<u16>,
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(clap::Args)]
-struct DetachArgs {
-    #[arg(long, short)]
-    iface: String,
+    /// Counters of a running instance (with --watch, rates per second too).
+    Stats(WatchArgs),
+    /// Sources of a running instance whose queries were refused most.
+    Top(WatchArgs),
+    /// Change a running instance's limits; the next packets see the change.
+    Set(SetArgs),
+    /// The allow list of a running instance: never rate limited.
+    Allow(ListArgs),
+    /// The deny list of a running instance: always dropped.
+    Deny(ListArgs),
+    /// Remove everything dns-xdp has on an interface: programs, rules, pins.
+    Detach(InstanceArgs),
 }
 
 #[derive(clap::Args)]
 struct AttachArgs {
-    /// Interface to attach to.
-    #[arg(long, short)]
-    iface: String,
-    /// XDP attach mode: native in the driver, generic (skb), or let the kernel pick.
-    #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
-    mode: ModeArg,
-    /// A port that carries DNS (repeat for several). Queries go to it, answers come from it.
-    #[arg(long = "port", value_name = "PORT", default_values_t = [DNS_PORT],
-          value_parser = clap::value_parser!(u16).range(1..))]
-    ports: Vec<u16>,
-    /// Print the counters every SECONDS (the final counters are always printed on exit).
-    #[arg(long, value_name = "SECONDS", value_parser = parse_interval)]
-    stats_interval: Option<Duration>,
-    /// Print counters as one JSON object per line.
+    #[command(flatten)]
+    options: Options,
+    /// Print reports as one JSON object per line.
     #[arg(long)]
     json: bool,
-    /// Per-source query rate: N, N/s, N/min or N/hour (hashlimit's --hashlimit-above).
-    /// Without it, queries are not rate limited.
-    #[arg(long, value_name = "RATE")]
-    rate: Option<Rate>,
-    /// Queries a source may send at once before the rate applies (hashlimit's --hashlimit-burst).
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_BURST, requires = "rate")]
-    burst: u32,
-    /// IPv4 sources share a bucket per prefix of this length (hashlimit's --hashlimit-srcmask).
-    #[arg(long, value_name = "BITS", default_value_t = DEFAULT_V4_PREFIX)]
-    v4_prefix: u8,
-    /// IPv6 sources share a bucket per prefix of this length.
-    #[arg(long, value_name = "BITS", default_value_t = DEFAULT_V6_PREFIX)]
-    v6_prefix: u8,
-    /// Source prefixes tracked at once; when full, the least recently seen makes room.
-    #[arg(long, value_name = "ENTRIES", default_value_t = DEFAULT_TABLE_SIZE)]
-    table_size: u32,
-    /// Never limit queries from this prefix (repeatable). The longest matching prefix of
-    /// --allow and --deny decides.
-    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
-    allow: Vec<IpNet>,
-    /// Always drop queries from this prefix (repeatable).
-    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
-    deny: Vec<IpNet>,
-    /// Drop nothing: count what would be dropped, globally and per source.
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The TOML configuration file.
+    #[arg(long, short, value_name = "FILE")]
+    config: PathBuf,
+    #[command(flatten)]
+    attach: AttachArgs,
+}
+
+/// Which running instance a command talks to.
+#[derive(clap::Args)]
+struct InstanceArgs {
+    #[arg(long, short)]
+    iface: String,
+    /// Directory (on a bpffs) holding one pin directory per interface.
+    #[arg(long, value_name = "DIR", env = "DNS_XDP_PIN_ROOT", default_value = DEFAULT_PIN_ROOT)]
+    pin_root: PathBuf,
+}
+
+impl InstanceArgs {
+    /// The maps of the instance, or an error saying there is none.
+    fn maps(&self) -> anyhow::Result<Maps> {
+        require_root()?;
+        let dir = pin_dir(&self.pin_root, &self.iface);
+        if !dir.exists() {
+            bail!(
+                "no dns-xdp instance on {}: nothing pinned in {}; start one with `dns-xdp attach` or `dns-xdp run`",
+                self.iface,
+                dir.display()
+            );
+        }
+        Maps::from_pins(&dir)
+    }
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    instance: InstanceArgs,
+    /// DNS ports to check the filter rules for (default: the instance's).
+    #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    ports: Vec<u16>,
     #[arg(long)]
-    dry_run: bool,
-    /// Sources shown in each report, by refused queries (0: none).
-    #[arg(long, value_name = "N", default_value_t = 10)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct WatchArgs {
+    #[command(flatten)]
+    instance: InstanceArgs,
+    /// Repeat every SECONDS (default 1) until interrupted, with rates per second.
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, require_equals = true,
+          default_missing_value = "1", value_parser = parse_interval)]
+    watch: Option<Duration>,
+    /// Sources to list.
+    #[arg(long, short = 'n', value_name = "N", default_value_t = 10)]
     top: usize,
-    /// Leave conntrack alone: install no NOTRACK rules for the DNS ports.
     #[arg(long)]
-    no_conntrack_bypass: bool,
+    json: bool,
 }
 
-impl AttachArgs {
-    fn settings(&self) -> Settings {
-        Settings {
-            ports: self.ports.clone(),
-            rate: self.rate,
-            burst: self.burst,
-            v4_prefix: self.v4_prefix,
-            v6_prefix: self.v6_prefix,
-            table_size: self.table_size,
-            allow: self.allow.clone(),
-            deny: self.deny.clone(),
-            dry_run: self.dry_run,
-            conntrack_bypass: !self.no_conntrack_bypass,
-        }
-    }
+#[derive(clap::Args)]
+struct SetArgs {
+    #[command(flatten)]
+    instance: InstanceArgs,
+    /// Per-source query rate (N, N/s, N/min, N/hour), or `off`.
+    #[arg(long, value_name = "RATE")]
+    rate: Option<String>,
+    /// Burst of the per-source buckets.
+    #[arg(long, value_name = "N")]
+    burst: Option<u32>,
+    #[arg(long, value_name = "BITS")]
+    v4_prefix: Option<u8>,
+    #[arg(long, value_name = "BITS")]
+    v6_prefix: Option<u8>,
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    dry_run: Option<bool>,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum ModeArg {
-    Auto,
-    Native,
-    Skb,
+#[derive(clap::Args)]
+struct ListArgs {
+    #[command(subcommand)]
+    action: ListAction,
 }
 
-impl From<ModeArg> for Mode {
-    fn from(mode: ModeArg) -> Self {
-        match mode {
-            ModeArg::Auto => Mode::Auto,
-            ModeArg::Native => Mode::Native,
-            ModeArg::Skb => Mode::Skb,
-        }
-    }
-}
-
-fn parse_interval(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text
-        .trim_end_matches('s')
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
-    if !(0.01..=86_400.0).contains(&seconds) {
-        return Err(format!(
-            "{text:?}: the interval must be between 0.01 and 86400 seconds"
-        ));
-    }
-    Ok(Duration::from_secs_f64(seconds))
+#[derive(Subcommand)]
+enum ListAction {
+    /// Add a prefix (CIDR, or a single address).
+    Add {
+        #[arg(value_parser = parse_cidr)]
+        prefix: IpNet,
+        #[command(flatten)]
+        instance: InstanceArgs,
+    },
+    /// Remove a prefix.
+    Del {
+        #[arg(value_parser = parse_cidr)]
+        prefix: IpNet,
+        #[command(flatten)]
+        instance: InstanceArgs,
+    },
+    /// The prefixes and their hits.
+    List {
+        #[command(flatten)]
+        instance: InstanceArgs,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -167,8 +190,21 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Attach(args) => runtime.block_on(attach(args)),
+        Command::Attach(args) => runtime.block_on(attach(args.options, false, args.json)),
+        Command::Run(args) => match Options::from_file(&args.config) {
+            Ok(file) => runtime.block_on(attach(
+                args.attach.options.over(file),
+                true,
+                args.attach.json,
+            )),
+            Err(error) => Err(error),
+        },
         Command::Status(args) => status(&args),
+        Command::Stats(args) => runtime.block_on(watch(&args, false)),
+        Command::Top(args) => runtime.block_on(watch(&args, true)),
+        Command::Set(args) => set(&args),
+        Command::Allow(args) => list(args.action, true),
+        Command::Deny(args) => list(args.action, false),
         Command::Detach(args) => detach(&args),
     };
     match result {
@@ -181,9 +217,18 @@ fn main() -> ExitCode {
     }
 }
 
-async fn attach(args: AttachArgs) -> anyhow::Result<()> {
-    let settings = args.settings();
-    let mut attachment = Attachment::attach(&args.iface, args.mode.into(), &settings)?;
+fn require_root() -> anyhow::Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("dns-xdp must run as root to reach BPF maps and netfilter; try `sudo dns-xdp ...`");
+    }
+    Ok(())
+}
+
+async fn attach(options: Options, daemon: bool, json: bool) -> anyhow::Result<()> {
+    let iface = options.iface()?.to_owned();
+    let settings = options.settings()?;
+    let pin_root = options.pin_root();
+    let mut attachment = Attachment::attach(&iface, options.mode(), &settings, &pin_root)?;
     let limit = match settings.rate {
         Some(rate) => format!(
             "{rate} per /{} (IPv4) and /{} (IPv6) prefix, burst {}",
@@ -192,99 +237,65 @@ async fn attach(args: AttachArgs) -> anyhow::Result<()> {
         None => "no rate limit".to_owned(),
     };
     log::info!(
-        "attached to {} ({:?} mode), DNS ports {:?}, {limit}, {} allow / {} deny prefixes{}",
-        args.iface,
-        Mode::from(args.mode),
-        args.ports,
+        "{} {iface} ({:?} mode), DNS ports {:?}, {limit}, {} allow / {} deny prefixes{}; pins in {}",
+        if attachment.adopted {
+            "took over the programs on"
+        } else {
+            "attached to"
+        },
+        options.mode(),
+        settings.ports,
         settings.allow.len(),
         settings.deny.len(),
-        if settings.dry_run { ", dry run" } else { "" }
+        if settings.dry_run { ", dry run" } else { "" },
+        pin_dir(&pin_root, &iface).display()
     );
     if settings.conntrack_bypass {
         log::info!(
-            "conntrack bypass: NOTRACK for DNS ports {:?} on {} (nft table inet {})",
-            args.ports,
-            args.iface,
-            conntrack::table_name(&args.iface)
+            "conntrack bypass: NOTRACK for DNS ports {:?} on {iface} (nft table inet {})",
+            settings.ports,
+            conntrack::table_name(&iface)
         );
-        match conntrack::hazards(&args.ports) {
+        match conntrack::hazards(&settings.ports) {
             Ok(hazards) => {
                 for hazard in &hazards {
-                    log::warn!(
-                        "{}",
-                        status::hazard_warning(hazard, &args.ports).trim_start()
-                    );
+                    log::warn!("{}", status::hazard_warning(hazard, &settings.ports));
                 }
             }
             Err(error) => log::warn!("could not check the filter rules: {error:#}"),
         }
     }
-    let result = run_until_signal(&mut attachment, &args).await;
-    // Detach whatever happened while running; report the first error.
-    let detached = attachment.detach();
-    result.and(detached)?;
-    log::info!("detached from {}", args.iface);
-    Ok(())
-}
-
-fn require_root() -> anyhow::Result<()> {
-    if unsafe { libc::geteuid() } != 0 {
-        anyhow::bail!(
-            "dns-xdp must run as root to read BPF and netfilter state; try `sudo dns-xdp ...`"
-        );
-    }
-    Ok(())
-}
-
-fn status(args: &StatusArgs) -> anyhow::Result<()> {
-    require_root()?;
-    let status = Status::collect(&args.iface, &args.ports)?;
-    if args.json {
-        println!("{}", status.json());
-    } else {
-        print!("{}", status.text(&args.ports));
-    }
-    Ok(())
-}
-
-fn detach(args: &DetachArgs) -> anyhow::Result<()> {
-    require_root()?;
-    dns_xdp::programs::if_index(&args.iface)?;
-    let had_rules = conntrack::installed(&args.iface)?.is_some();
-    conntrack::remove(&args.iface)?;
-    println!(
-        "{}: {}",
-        args.iface,
-        if had_rules {
-            "conntrack bypass rules removed"
-        } else {
-            "no conntrack bypass rules"
+    let server = match options.metrics_addr() {
+        Some(addr) => {
+            let maps = Maps::from_pins(&pin_dir(&pin_root, &iface))?;
+            let server = metrics::serve(addr, maps, iface.clone(), options.top()).await?;
+            log::info!("metrics on http://{addr}/metrics");
+            Some(tokio::spawn(server))
         }
-    );
-    let status = Status::collect(&args.iface, &[DNS_PORT])?;
-    let ours: Vec<_> = status
-        .xdp
-        .iter()
-        .chain(&status.egress)
-        .filter(|program| program.is_ours())
-        .collect();
-    if ours.is_empty() {
-        println!("{}: no dns-xdp program attached", args.iface);
-    } else {
-        anyhow::bail!(
-            "{} still has dns-xdp programs attached ({}), held by a running dns-xdp attach; \
-             stop that process (Ctrl-C or SIGTERM)",
-            args.iface,
-            ours.iter()
-                .map(|program| format!("{} id {}", program.name, program.id))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        None => None,
+    };
+    let result = run_until_signal(&mut attachment, &options, json).await;
+    if let Some(server) = server {
+        server.abort();
     }
-    Ok(())
+    if options.keep_attached.unwrap_or(daemon) {
+        attachment.leave();
+        log::info!("left {iface} attached; `dns-xdp detach --iface {iface}` removes it");
+        result
+    } else {
+        // Detach whatever happened while running; report the first error.
+        let detached = attachment.detach();
+        result.and(detached)?;
+        log::info!("detached from {iface}");
+        Ok(())
+    }
 }
 
-async fn run_until_signal(attachment: &mut Attachment, args: &AttachArgs) -> anyhow::Result<()> {
+async fn run_until_signal(
+    attachment: &mut Attachment,
+    options: &Options,
+    json: bool,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -301,40 +312,25 @@ async fn run_until_signal(attachment: &mut Attachment, args: &AttachArgs) -> any
             None
         }
     };
-    let mut ticker = interval(args.stats_interval.unwrap_or(Duration::from_secs(3600)));
+    let mut ticker = interval(options.stats_interval.unwrap_or(Duration::from_secs(3600)));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
     ticker.tick().await;
-    let print = |event: Event, attachment: &mut Attachment| -> anyhow::Result<()> {
-        let programs = attachment.programs();
-        let report = Report {
+    let print = |event: Event, attachment: &Attachment| -> anyhow::Result<()> {
+        let report = Report::read(
+            attachment.maps(),
             event,
-            iface: &args.iface,
-            elapsed_s: started.elapsed().as_secs_f64(),
-            counters: programs.counters()?,
-            egress: programs.egress_counters()?,
-            conntrack: conntrack::headroom(),
-            top: if args.top > 0 {
-                programs.top_sources(args.top)?
-            } else {
-                Vec::new()
-            },
-            lists: programs.lists()?,
-        };
-        println!(
-            "{}",
-            if args.json {
-                report.json()
-            } else {
-                report.text()
-            }
-        );
+            attachment.iface(),
+            started.elapsed(),
+            options.top(),
+        )?;
+        println!("{}", if json { report.json() } else { report.text() });
         Ok(())
     };
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
-            _ = ticker.tick(), if args.stats_interval.is_some() => print(Event::Stats, attachment)?,
+            _ = ticker.tick(), if options.stats_interval.is_some() => print(Event::Stats, attachment)?,
             guard = async { logger.as_mut().expect("guarded").readable_mut().await },
                 if logger.is_some() =>
             {
@@ -345,4 +341,213 @@ async fn run_until_signal(attachment: &mut Attachment, args: &AttachArgs) -> any
         }
     }
     print(Event::Final, attachment)
+}
+
+fn status(args: &StatusArgs) -> anyhow::Result<()> {
+    require_root()?;
+    let dir = pin_dir(&args.instance.pin_root, &args.instance.iface);
+    let ports: Vec<u16> = if !args.ports.is_empty() {
+        args.ports.clone()
+    } else if dir.exists() {
+        Maps::from_pins(&dir)?.config()?.dns_ports.iter().collect()
+    } else {
+        vec![DNS_PORT]
+    };
+    let status = Status::collect(&args.instance.iface, &ports, &args.instance.pin_root)?;
+    if args.json {
+        println!("{}", status.json());
+    } else {
+        print!("{}", status.text(&ports));
+    }
+    Ok(())
+}
+
+/// `stats` and `top`: once, or every `--watch` seconds with rates.
+async fn watch(args: &WatchArgs, top_only: bool) -> anyhow::Result<()> {
+    let maps = args.instance.maps()?;
+    let started = Instant::now();
+    let mut previous: Option<(Counters, Instant)> = None;
+    let mut ticker = interval(args.watch.unwrap_or(Duration::from_secs(1)));
+    ticker.tick().await;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    loop {
+        let mut report = Report::read(
+            &maps,
+            Event::Stats,
+            &args.instance.iface,
+            started.elapsed(),
+            args.top,
+        )?;
+        if top_only {
+            report = report.top_only();
+        }
+        if let Some((counters, at)) = previous {
+            report.rates = Some(rates(&report.counters, &counters, at.elapsed()));
+        }
+        println!(
+            "{}",
+            if args.json {
+                report.json()
+            } else {
+                report.text()
+            }
+        );
+        if args.watch.is_none() {
+            return Ok(());
+        }
+        previous = Some((report.counters, Instant::now()));
+        tokio::select! {
+            _ = sigint.recv() => return Ok(()),
+            _ = ticker.tick() => {}
+        }
+    }
+}
+
+fn set(args: &SetArgs) -> anyhow::Result<()> {
+    let mut maps = args.instance.maps()?;
+    let mut config = maps.config()?;
+    let burst = match args.burst {
+        Some(0) => bail!("--burst must be at least 1"),
+        Some(burst) => u64::from(burst),
+        None => config.limit.burst().max(1),
+    };
+    let (packets, period_ns) = match args.rate.as_deref() {
+        Some("off") => (0, 0),
+        Some(text) => {
+            let rate: Rate = text
+                .parse()
+                .map_err(|error: String| anyhow::anyhow!("--rate {text}: {error}"))?;
+            (rate.packets, rate.period_ns)
+        }
+        None if config.limit.is_on() => (NS_PER_SEC / config.limit.interval_ns, NS_PER_SEC),
+        None if args.burst.is_some() => {
+            bail!("--burst needs a rate: the instance has none; pass --rate")
+        }
+        None => (0, 0),
+    };
+    config.limit = if packets == 0 {
+        Limit::OFF
+    } else if args.rate.is_none() {
+        // Only the burst changes: keep the exact interval.
+        Limit::new(1, config.limit.interval_ns, burst).context("--burst out of range")?
+    } else {
+        Limit::new(packets, period_ns, burst).context("--rate with this burst is out of range")?
+    };
+    if let Some(bits) = args.v4_prefix {
+        if bits > 32 {
+            bail!("--v4-prefix {bits}: an IPv4 prefix has 0 to 32 bits");
+        }
+        (config.v4_prefix_len, config.v4_mask) = (bits, prefix_mask(bits));
+    }
+    if let Some(bits) = args.v6_prefix {
+        if bits > 128 {
+            bail!("--v6-prefix {bits}: an IPv6 prefix has 0 to 128 bits");
+        }
+        (config.v6_prefix_len, config.v6_mask) = (bits, prefix_mask(bits));
+    }
+    if let Some(dry_run) = args.dry_run {
+        config.flags = if dry_run {
+            config.flags | dns_xdp_common::FLAG_DRY_RUN
+        } else {
+            config.flags & !dns_xdp_common::FLAG_DRY_RUN
+        };
+    }
+    maps.set_config(&config)?;
+    let limit = &config.limit;
+    println!(
+        "{}: rate {}, burst {}, prefixes /{} and /{}, dry run {}",
+        args.instance.iface,
+        if limit.is_on() {
+            format!("{}/s", NS_PER_SEC as f64 / limit.interval_ns as f64)
+        } else {
+            "off".to_owned()
+        },
+        limit.burst(),
+        config.v4_prefix_len,
+        config.v6_prefix_len,
+        if config.dry_run() { "on" } else { "off" }
+    );
+    Ok(())
+}
+
+fn list(action: ListAction, allow: bool) -> anyhow::Result<()> {
+    let name = if allow { "allow" } else { "deny" };
+    match action {
+        ListAction::Add { prefix, instance } => {
+            let mut maps = instance.maps()?;
+            if let Some(other) = maps
+                .lists()?
+                .iter()
+                .find(|entry| entry.prefix == prefix && entry.allow != allow)
+            {
+                bail!(
+                    "{prefix} is in the {} list; remove it there first",
+                    if other.allow { "allow" } else { "deny" }
+                );
+            }
+            maps.list_insert(prefix, allow)?;
+            println!("{}: {prefix} added to the {name} list", instance.iface);
+        }
+        ListAction::Del { prefix, instance } => {
+            let mut maps = instance.maps()?;
+            let listed = maps
+                .lists()?
+                .iter()
+                .any(|entry| entry.prefix == prefix && entry.allow == allow);
+            if !listed {
+                bail!("{prefix} is not in the {name} list of {}", instance.iface);
+            }
+            maps.list_remove(prefix)?;
+            println!("{}: {prefix} removed from the {name} list", instance.iface);
+        }
+        ListAction::List { instance, json } => {
+            let entries: Vec<_> = instance
+                .maps()?
+                .lists()?
+                .into_iter()
+                .filter(|entry| entry.allow == allow)
+                .collect();
+            if json {
+                let entries: Vec<_> = entries
+                    .iter()
+                    .map(|entry| serde_json::json!({"prefix": entry.prefix.to_string(), "hits": entry.hits}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(entries));
+            } else {
+                for entry in entries {
+                    println!("{:<43} {:>12} hits", entry.prefix.to_string(), entry.hits);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn detach(args: &InstanceArgs) -> anyhow::Result<()> {
+    require_root()?;
+    if_index(&args.iface)?;
+    let removed = detach_pinned(&args.pin_root, &args.iface)?;
+    if removed.is_empty() {
+        println!("{}: nothing of dns-xdp's was there", args.iface);
+    } else {
+        println!("{}: removed {}", args.iface, removed.join(", "));
+    }
+    let status = Status::collect(&args.iface, &[DNS_PORT], &args.pin_root)?;
+    let ours: Vec<_> = status
+        .xdp
+        .iter()
+        .chain(&status.egress)
+        .filter(|program| program.is_ours())
+        .collect();
+    if !ours.is_empty() {
+        bail!(
+            "{} still has dns-xdp programs attached ({}); a loader without pins holds them: stop it",
+            args.iface,
+            ours.iter()
+                .map(|program| format!("{} id {}", program.name, program.id))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
 }

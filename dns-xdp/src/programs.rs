@@ -1,25 +1,27 @@
 //! Loading, configuring and attaching the kernel programs.
 
-use std::ffi::CString;
+use std::{
+    ffi::CString,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, bail};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
     programs::{
         Program, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
-        tc::SchedClassifierLinkId, xdp::XdpLinkId,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
     },
 };
-use dns_xdp_common::{
-    Config, Counters, EgressCounters, FAMILY_V4, LIST_ALLOW, LIST_DENY, ListEntry, SourceKey,
-    SourceState,
-};
-use ipnet::IpNet;
 
-use crate::{conntrack, settings::Settings};
+use crate::{
+    conntrack,
+    maps::{Maps, PINNED_MAPS},
+    pins::{self, InstanceLock},
+    settings::Settings,
+};
 
 /// The eBPF object built by build.rs, embedded in the binary.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dns-xdp"));
@@ -41,45 +43,6 @@ pub fn ebpf_object() -> anyhow::Result<&'static [u8]> {
         );
     }
     Ok(EBPF_OBJECT)
-}
-
-/// A source prefix with what happened to its queries.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SourceReport {
-    pub prefix: IpNet,
-    pub passed: u64,
-    pub dropped: u64,
-    pub would_drop: u64,
-}
-
-impl SourceReport {
-    fn new(key: &SourceKey, state: &SourceState) -> Self {
-        let addr = if key.family == FAMILY_V4 {
-            let [a, b, c, d, ..] = key.addr;
-            IpAddr::V4(Ipv4Addr::new(a, b, c, d))
-        } else {
-            IpAddr::V6(Ipv6Addr::from(key.addr))
-        };
-        Self {
-            prefix: IpNet::new(addr, key.prefix_len).unwrap_or_else(|_| IpNet::from(addr)),
-            passed: state.passed,
-            dropped: state.dropped,
-            would_drop: state.would_drop,
-        }
-    }
-
-    /// Queries its bucket refused, dropped or (dry-run) not.
-    pub fn refused(&self) -> u64 {
-        self.dropped + self.would_drop
-    }
-}
-
-/// An allow/deny list entry and how many queries it matched.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ListReport {
-    pub prefix: IpNet,
-    pub allow: bool,
-    pub hits: u64,
 }
 
 /// How the XDP program is attached.
@@ -108,20 +71,27 @@ impl Mode {
 /// Tests and benchmarks run these with BPF_PROG_TEST_RUN.
 pub struct Programs {
     ebpf: Ebpf,
+    maps: Maps,
 }
 
 impl Programs {
     /// Loads every program of the object into the kernel, sized and configured by
-    /// `settings` (validated here: nothing is loaded if they are wrong).
-    pub fn load(settings: &Settings) -> anyhow::Result<Self> {
+    /// `settings` (validated here: nothing is loaded if they are wrong). With `pins`, the
+    /// maps are pinned in that directory, or reused from it when they are already there:
+    /// counters and buckets outlive the process that made them.
+    pub fn load(settings: &Settings, pins: Option<&Path>) -> anyhow::Result<Self> {
         let config = settings.config()?;
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries("SOURCES", settings.table_size)
-            .load(ebpf_object()?)
-            .map_err(|error| {
-                let hint = load_hint(&error);
-                anyhow::Error::new(error).context(format!("loading the eBPF object failed{hint}"))
-            })?;
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries("SOURCES", settings.table_size);
+        if let Some(dir) = pins {
+            for name in PINNED_MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(ebpf_object()?).map_err(|error| {
+            let hint = load_hint(&error);
+            anyhow::Error::new(error).context(format!("loading the eBPF object failed{hint}"))
+        })?;
         for name in [XDP_PROGRAM, XDP_PASS_PROGRAM, EGRESS_PROGRAM] {
             let program = ebpf
                 .program_mut(name)
@@ -137,121 +107,18 @@ impl Programs {
                     .context(format!("the kernel refused program {name}{hint}"))
             })?;
         }
-        let mut programs = Self { ebpf };
-        programs.set_config(&config)?;
-        for (list, allow) in [(&settings.allow, true), (&settings.deny, false)] {
-            for prefix in list {
-                programs.list_insert(*prefix, allow)?;
-            }
-        }
-        Ok(programs)
+        let mut maps = Maps::from_ebpf(&mut ebpf)?;
+        maps.set_config(&config)?;
+        maps.set_lists(&settings.allow, &settings.deny)?;
+        Ok(Self { ebpf, maps })
     }
 
-    /// Adds or replaces an allow (or deny) entry; its hit count starts at 0. Private: the
-    /// config's list flags must say the list has entries.
-    fn list_insert(&mut self, prefix: IpNet, allow: bool) -> anyhow::Result<()> {
-        let entry = ListEntry {
-            action: if allow { LIST_ALLOW } else { LIST_DENY },
-            ..ListEntry::default()
-        };
-        let len = u32::from(prefix.prefix_len());
-        let result = match prefix.addr() {
-            IpAddr::V4(addr) => {
-                let mut trie: LpmTrie<&mut MapData, [u8; 4], ListEntry> =
-                    LpmTrie::try_from(self.ebpf.map_mut("LIST_V4").context("LIST_V4 missing")?)?;
-                trie.insert(&Key::new(len, addr.octets()), entry, 0)
-            }
-            IpAddr::V6(addr) => {
-                let mut trie: LpmTrie<&mut MapData, [u8; 16], ListEntry> =
-                    LpmTrie::try_from(self.ebpf.map_mut("LIST_V6").context("LIST_V6 missing")?)?;
-                trie.insert(&Key::new(len, addr.octets()), entry, 0)
-            }
-        };
-        result.with_context(|| format!("adding {prefix} to the lists"))
+    pub fn maps(&self) -> &Maps {
+        &self.maps
     }
 
-    /// Every list entry with its hits.
-    pub fn lists(&self) -> anyhow::Result<Vec<ListReport>> {
-        let mut reports = Vec::new();
-        let v4: LpmTrie<&MapData, [u8; 4], ListEntry> =
-            LpmTrie::try_from(self.ebpf.map("LIST_V4").context("LIST_V4 missing")?)?;
-        for item in v4.iter() {
-            let (key, entry) = item?;
-            let addr = IpAddr::V4(Ipv4Addr::from(key.data()));
-            reports.push(list_report(addr, key.prefix_len(), &entry)?);
-        }
-        let v6: LpmTrie<&MapData, [u8; 16], ListEntry> =
-            LpmTrie::try_from(self.ebpf.map("LIST_V6").context("LIST_V6 missing")?)?;
-        for item in v6.iter() {
-            let (key, entry) = item?;
-            let addr = IpAddr::V6(Ipv6Addr::from(key.data()));
-            reports.push(list_report(addr, key.prefix_len(), &entry)?);
-        }
-        Ok(reports)
-    }
-
-    /// Every source prefix in the table, with its counters.
-    pub fn sources(&self) -> anyhow::Result<Vec<SourceReport>> {
-        let map: HashMap<&MapData, SourceKey, SourceState> =
-            HashMap::try_from(self.ebpf.map("SOURCES").context("SOURCES map missing")?)?;
-        let mut sources = Vec::new();
-        for item in map.iter() {
-            // An entry evicted while we walk ends the walk early; what we have is still true.
-            let Ok((key, state)) = item else { break };
-            sources.push(SourceReport::new(&key, &state));
-        }
-        Ok(sources)
-    }
-
-    /// The `limit` sources whose buckets refused the most queries (none refused: none).
-    pub fn top_sources(&self, limit: usize) -> anyhow::Result<Vec<SourceReport>> {
-        let mut sources: Vec<_> = self
-            .sources()?
-            .into_iter()
-            .filter(|source| source.refused() > 0)
-            .collect();
-        sources.sort_by(|a, b| {
-            (b.refused(), b.passed, a.prefix).cmp(&(a.refused(), a.passed, b.prefix))
-        });
-        sources.truncate(limit);
-        Ok(sources)
-    }
-
-    /// Writes the configuration map; the programs see it from their next packet on.
-    pub fn set_config(&mut self, config: &Config) -> anyhow::Result<()> {
-        let mut map: Array<&mut MapData, Config> =
-            Array::try_from(self.ebpf.map_mut("CONFIG").context("CONFIG map missing")?)?;
-        map.set(0, config, 0).context("writing the CONFIG map")?;
-        Ok(())
-    }
-
-    /// Counters summed over all CPUs.
-    pub fn counters(&self) -> anyhow::Result<Counters> {
-        let map: PerCpuArray<&MapData, Counters> =
-            PerCpuArray::try_from(self.ebpf.map("COUNTERS").context("COUNTERS map missing")?)?;
-        let mut total = Counters::default();
-        for per_cpu in map.get(&0, 0).context("reading the COUNTERS map")?.iter() {
-            total.add(per_cpu);
-        }
-        Ok(total)
-    }
-
-    /// Egress counters summed over all CPUs.
-    pub fn egress_counters(&self) -> anyhow::Result<EgressCounters> {
-        let map: PerCpuArray<&MapData, EgressCounters> = PerCpuArray::try_from(
-            self.ebpf
-                .map("EGRESS_COUNTERS")
-                .context("EGRESS_COUNTERS map missing")?,
-        )?;
-        let mut total = EgressCounters::default();
-        for per_cpu in map
-            .get(&0, 0)
-            .context("reading the EGRESS_COUNTERS map")?
-            .iter()
-        {
-            total.add(per_cpu);
-        }
-        Ok(total)
+    pub fn maps_mut(&mut self) -> &mut Maps {
+        &mut self.maps
     }
 
     /// The loaded egress program, e.g. to test-run it.
@@ -263,7 +130,7 @@ impl Programs {
             .try_into()?)
     }
 
-    /// A loaded program by name, e.g. to test-run it.
+    /// A loaded XDP program by name, e.g. to test-run it.
     pub fn xdp(&mut self, name: &str) -> anyhow::Result<&mut Xdp> {
         Ok(self
             .ebpf
@@ -278,51 +145,132 @@ impl Programs {
     }
 }
 
+/// Pin of the XDP link, in an instance's pin directory.
+const XDP_LINK_PIN: &str = "xdp_link";
+/// Pin of the TC egress link.
+const EGRESS_LINK_PIN: &str = "egress_link";
+
+/// The default root of the pin directories: `<root>/<iface>/`.
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/dns-xdp";
+
+/// The pin directory of the instance on `iface`.
+pub fn pin_dir(pin_root: &Path, iface: &str) -> PathBuf {
+    pin_root.join(iface)
+}
+
 /// Everything attached to an interface, as one unit: the XDP program, the TC egress
-/// program and the conntrack bypass rules. Dropping it (or the process dying) detaches
-/// the programs, since only this process's link file descriptors hold them; the bypass
-/// rules are removed on drop and by `detach`, but outlive a killed process until
-/// `dns-xdp detach` runs.
+/// program (both held by pinned links) and the conntrack bypass rules.
+///
+/// The links and maps are pinned in the instance's directory, so the attachment does not
+/// depend on this process: if it dies, the programs stay attached and counting, and the
+/// next `attach` on the interface adopts them, replacing the programs through their links
+/// with no moment unprotected and keeping counters and buckets. `detach` (or
+/// `dns-xdp detach` from any shell) removes programs, rules and pins.
 pub struct Attachment {
     programs: Programs,
     iface: String,
-    xdp_link: Option<XdpLinkId>,
-    egress_link: Option<SchedClassifierLinkId>,
-    bypass: bool,
+    dir: PathBuf,
+    xdp_link: Option<FdLink>,
+    egress_link: Option<FdLink>,
+    /// Whether the programs replaced ones a previous loader left attached.
+    pub adopted: bool,
+    _lock: InstanceLock,
 }
 
 impl Attachment {
-    /// Checks the preconditions, loads, configures and attaches. On any error nothing
-    /// stays attached and no rule stays installed.
-    pub fn attach(iface: &str, mode: Mode, settings: &Settings) -> anyhow::Result<Self> {
+    /// Checks the preconditions, loads, configures and attaches (or adopts what a previous
+    /// loader left pinned). On error, a fresh attachment leaves nothing behind; an adopted
+    /// one stays as the previous loader left it.
+    pub fn attach(
+        iface: &str,
+        mode: Mode,
+        settings: &Settings,
+        pin_root: &Path,
+    ) -> anyhow::Result<Self> {
         if unsafe { libc::geteuid() } != 0 {
             bail!("dns-xdp must run as root to load eBPF programs; try `sudo dns-xdp ...`");
         }
         if_index(iface)?;
-        let mut programs = Programs::load(settings)?;
-        let xdp_link = programs
-            .xdp(XDP_PROGRAM)?
-            .attach(iface, mode.xdp_mode())
-            .map_err(|error| attach_error(error, iface, mode))?;
-        // From here on, an early return drops `attachment`, which undoes what was done.
-        let mut attachment = Self {
+        let dir = pin_dir(pin_root, iface);
+        pins::prepare(pin_root, &dir)?;
+        let lock = InstanceLock::acquire(&dir, iface)?;
+        let adopting = dir.join(XDP_LINK_PIN).exists();
+        let result = Self::attach_locked(iface, mode, settings, &dir, adopting, lock);
+        if result.is_err() && !adopting {
+            let _ = conntrack::remove(iface);
+            let _ = pins::remove_all(&dir);
+        }
+        result
+    }
+
+    fn attach_locked(
+        iface: &str,
+        mode: Mode,
+        settings: &Settings,
+        dir: &Path,
+        adopting: bool,
+        lock: InstanceLock,
+    ) -> anyhow::Result<Self> {
+        let mut programs = Programs::load(settings, Some(dir))?;
+        let table_size = programs.maps().table_size()?;
+        if table_size != settings.table_size {
+            log::warn!(
+                "the source table pinned in {} has {table_size} entries; --table-size {} \
+                 applies after `dns-xdp detach`",
+                dir.display(),
+                settings.table_size
+            );
+        }
+        let xdp = programs.xdp(XDP_PROGRAM)?;
+        let xdp_link = if adopting {
+            let pinned = PinnedLink::from_pin(dir.join(XDP_LINK_PIN))
+                .context("opening the pinned XDP link")?;
+            let link = XdpLink::try_from(FdLink::from(pinned))?;
+            let id = xdp
+                .attach_to_link(link)
+                .context("replacing the XDP program through its link")?;
+            FdLink::try_from(xdp.take_link(id)?)?
+        } else {
+            let id = xdp
+                .attach(iface, mode.xdp_mode())
+                .map_err(|error| attach_error(error, iface, mode))?;
+            let link = FdLink::try_from(xdp.take_link(id)?)?;
+            FdLink::from(
+                link.pin(dir.join(XDP_LINK_PIN))
+                    .context("pinning the XDP link")?,
+            )
+        };
+        let egress = programs.egress()?;
+        let egress_pin = dir.join(EGRESS_LINK_PIN);
+        let egress_link = if egress_pin.exists() {
+            let pinned =
+                PinnedLink::from_pin(&egress_pin).context("opening the pinned egress link")?;
+            let link = SchedClassifierLink::try_from(FdLink::from(pinned))?;
+            let id = egress
+                .attach_to_link(link)
+                .context("replacing the egress program through its link")?;
+            FdLink::try_from(egress.take_link(id)?)?
+        } else {
+            let id = egress
+                .attach(iface, TcAttachType::Egress)
+                .with_context(|| format!("attaching the egress program to {iface} (TC/TCX)"))?;
+            let link = FdLink::try_from(egress.take_link(id)?)?;
+            FdLink::from(link.pin(&egress_pin).context("pinning the egress link")?)
+        };
+        if settings.conntrack_bypass {
+            conntrack::install(iface, &settings.ports)?;
+        } else {
+            conntrack::remove(iface)?;
+        }
+        Ok(Self {
             programs,
             iface: iface.to_owned(),
+            dir: dir.to_owned(),
             xdp_link: Some(xdp_link),
-            egress_link: None,
-            bypass: false,
-        };
-        let egress_link = attachment
-            .programs
-            .egress()?
-            .attach(iface, TcAttachType::Egress)
-            .with_context(|| format!("attaching the egress program to {iface} (TC/TCX)"))?;
-        attachment.egress_link = Some(egress_link);
-        if settings.conntrack_bypass {
-            attachment.bypass = true;
-            conntrack::install(iface, &settings.ports)?;
-        }
-        Ok(attachment)
+            egress_link: Some(egress_link),
+            adopted: adopting,
+            _lock: lock,
+        })
     }
 
     pub fn iface(&self) -> &str {
@@ -333,48 +281,52 @@ impl Attachment {
         &mut self.programs
     }
 
-    pub fn counters(&self) -> anyhow::Result<Counters> {
-        self.programs.counters()
+    pub fn maps(&self) -> &Maps {
+        self.programs.maps()
     }
 
-    /// Detaches now and reports failure (dropping detaches too, silently).
+    /// Removes everything: rules, links (the programs detach) and pins.
     pub fn detach(mut self) -> anyhow::Result<()> {
-        if std::mem::take(&mut self.bypass) {
-            conntrack::remove(&self.iface)?;
-        }
-        if let Some(link) = self.egress_link.take() {
-            self.programs
-                .egress()?
-                .detach(link)
-                .with_context(|| format!("detaching the egress program from {}", self.iface))?;
-        }
-        if let Some(link) = self.xdp_link.take() {
-            self.programs
-                .xdp(XDP_PROGRAM)?
-                .detach(link)
-                .with_context(|| format!("detaching from {}", self.iface))?;
-        }
+        conntrack::remove(&self.iface)?;
+        pins::remove_all(&self.dir)?;
+        // Unpinned and closed, a link has no holder left: the kernel detaches it.
+        self.xdp_link.take();
+        self.egress_link.take();
         Ok(())
     }
+
+    /// Ends this process's part and leaves the attachment pinned, for the next loader to
+    /// adopt (a restart or an upgrade without a gap).
+    pub fn leave(self) {}
 }
 
-impl Drop for Attachment {
-    fn drop(&mut self) {
-        if self.bypass
-            && let Err(error) = conntrack::remove(&self.iface)
-        {
-            log::error!("{error:#}");
-        }
-        // The links go with `programs`.
+/// Removes what an instance on `iface` left pinned, and its bypass rules, from any shell.
+/// Returns what it removed.
+pub fn detach_pinned(pin_root: &Path, iface: &str) -> anyhow::Result<Vec<String>> {
+    let dir = pin_dir(pin_root, iface);
+    let mut removed = Vec::new();
+    let _lock = if dir.exists() {
+        Some(InstanceLock::acquire(&dir, iface)?)
+    } else {
+        None
+    };
+    if conntrack::installed(iface)?.is_some() {
+        conntrack::remove(iface)?;
+        removed.push("conntrack bypass rules".to_owned());
     }
-}
-
-fn list_report(addr: IpAddr, len: u32, entry: &ListEntry) -> anyhow::Result<ListReport> {
-    Ok(ListReport {
-        prefix: IpNet::new(addr, u8::try_from(len)?)?,
-        allow: entry.action == LIST_ALLOW,
-        hits: entry.hits,
-    })
+    if dir.exists() {
+        for (pin, what) in [
+            (XDP_LINK_PIN, "XDP program"),
+            (EGRESS_LINK_PIN, "TC egress program"),
+        ] {
+            if dir.join(pin).exists() {
+                removed.push(what.to_owned());
+            }
+        }
+        pins::remove_all(&dir)?;
+        removed.push(format!("pins in {}", dir.display()));
+    }
+    Ok(removed)
 }
 
 /// The index of a network interface, or an error that says how to find the right name.

@@ -3,9 +3,11 @@
 use dns_xdp_common::{Counter, Counters, EgressCounter, EgressCounters};
 use serde_json::{Map, Value, json};
 
+use std::time::Duration;
+
 use crate::{
-    conntrack::Headroom,
-    programs::{ListReport, SourceReport},
+    conntrack::{self, Headroom},
+    maps::{ListReport, Maps, SourceReport},
     status::headroom_json,
 };
 
@@ -36,9 +38,62 @@ pub struct Report<'a> {
     pub conntrack: Option<Headroom>,
     pub top: Vec<SourceReport>,
     pub lists: Vec<ListReport>,
+    /// Per-second rates of the counters since the previous report, when watching.
+    pub rates: Option<Vec<(&'static str, f64)>>,
+    /// Only the top sources (the `top` command).
+    pub top_only: bool,
 }
 
-impl Report<'_> {
+/// Per-second rate of every counter between two readings `elapsed` apart.
+pub fn rates(now: &Counters, before: &Counters, elapsed: Duration) -> Vec<(&'static str, f64)> {
+    let seconds = elapsed.as_secs_f64().max(1e-9);
+    Counter::ALL
+        .iter()
+        .map(|&counter| {
+            let delta = now.get(counter).saturating_sub(before.get(counter));
+            (
+                counter.name(),
+                (delta as f64 / seconds * 10.0).round() / 10.0,
+            )
+        })
+        .collect()
+}
+
+impl<'a> Report<'a> {
+    /// Reads everything a report shows from the maps.
+    pub fn read(
+        maps: &Maps,
+        event: Event,
+        iface: &'a str,
+        elapsed: Duration,
+        top: usize,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            event,
+            iface,
+            elapsed_s: elapsed.as_secs_f64(),
+            counters: maps.counters()?,
+            egress: maps.egress_counters()?,
+            conntrack: conntrack::headroom(),
+            top: if top > 0 {
+                maps.top_sources(top)?
+            } else {
+                Vec::new()
+            },
+            lists: maps.lists()?,
+            rates: None,
+            top_only: false,
+        })
+    }
+
+    /// This report reduced to its top sources.
+    pub fn top_only(self) -> Self {
+        Self {
+            top_only: true,
+            ..self
+        }
+    }
+
     /// `{"event":..,"iface":..,"elapsed_s":..,"counters":{..},"top":[..],"lists":[..]}`.
     pub fn json(&self) -> String {
         let counters: Map<String, Value> = Counter::ALL
@@ -72,7 +127,10 @@ impl Report<'_> {
                 })
             })
             .collect();
-        json!({
+        if self.top_only {
+            return json!({"iface": self.iface, "top": top}).to_string();
+        }
+        let mut report = json!({
             "event": self.event.name(),
             "iface": self.iface,
             "elapsed_s": (self.elapsed_s * 1000.0).round() / 1000.0,
@@ -81,8 +139,15 @@ impl Report<'_> {
             "conntrack": headroom_json(self.conntrack),
             "top": top,
             "lists": lists,
-        })
-        .to_string()
+        });
+        if let Some(rates) = &self.rates {
+            report["rates_per_s"] = rates
+                .iter()
+                .map(|(name, rate)| ((*name).to_owned(), json!(rate)))
+                .collect::<Map<_, _>>()
+                .into();
+        }
+        report.to_string()
     }
 
     /// A counters line (`[  12.0s] eth0 stats: packets=120 ...`), then the tables that
@@ -116,7 +181,7 @@ impl Report<'_> {
                 ));
             }
         }
-        if !self.lists.is_empty() {
+        if !self.lists.is_empty() && !self.top_only {
             text.push_str(&format!(
                 "\n  {:<43} {:>12} {:>12}",
                 "list entry", "action", "hits"
@@ -174,6 +239,8 @@ mod tests {
                 allow: false,
                 hits: 3,
             }],
+            rates: None,
+            top_only: false,
         }
     }
 

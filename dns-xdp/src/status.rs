@@ -2,15 +2,21 @@
 //! conntrack bypass rules, conntrack headroom, and filter rules that would drop
 //! untracked DNS.
 
-use std::process::Command;
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::Context as _;
 use aya::programs::{SchedClassifier, TcAttachType};
 use serde_json::{Value, json};
 
+use dns_xdp_common::{Config, NS_PER_SEC};
+
 use crate::{
     conntrack::{self, Hazard, Headroom, InstalledRule},
-    programs::{EGRESS_PROGRAM, XDP_PROGRAM, if_index},
+    maps::Maps,
+    programs::{EGRESS_PROGRAM, XDP_PROGRAM, if_index, pin_dir},
 };
 
 /// A BPF program attached to the interface.
@@ -31,6 +37,10 @@ impl Attached {
 
 pub struct Status {
     pub iface: String,
+    /// The instance's pin directory, if it exists.
+    pub pins: Option<PathBuf>,
+    /// The live configuration, read from the pinned maps.
+    pub config: Option<Config>,
     pub xdp: Option<Attached>,
     pub egress: Vec<Attached>,
     /// `None`: no bypass table for this interface.
@@ -40,7 +50,7 @@ pub struct Status {
 }
 
 impl Status {
-    pub fn collect(iface: &str, ports: &[u16]) -> anyhow::Result<Self> {
+    pub fn collect(iface: &str, ports: &[u16], pin_root: &Path) -> anyhow::Result<Self> {
         if_index(iface)?;
         let egress = SchedClassifier::query_tcx(iface, TcAttachType::Egress)
             .map(|(_, programs)| {
@@ -54,8 +64,16 @@ impl Status {
                     .collect()
             })
             .unwrap_or_default();
+        let dir = pin_dir(pin_root, iface);
+        let pins = dir.exists().then_some(dir);
+        let config = match &pins {
+            Some(dir) => Some(Maps::from_pins(dir)?.config()?),
+            None => None,
+        };
         Ok(Self {
             iface: iface.to_owned(),
+            pins,
+            config,
             xdp: attached_xdp(iface)?,
             egress,
             bypass: conntrack::installed(iface)?,
@@ -68,6 +86,8 @@ impl Status {
         let program = |attached: &Attached| json!({"id": attached.id, "name": attached.name, "mode": attached.mode});
         json!({
             "iface": self.iface,
+            "pins": self.pins.as_ref().map(|dir| dir.display().to_string()),
+            "config": self.config.as_ref().map(config_json),
             "xdp": self.xdp.as_ref().map(program),
             "egress": self.egress.iter().map(program).collect::<Vec<_>>(),
             "conntrack_bypass": self.bypass.as_ref().map(|rules| rules.iter().map(|rule| json!({
@@ -86,6 +106,10 @@ impl Status {
             format!("{} (id {}, {})", attached.name, attached.id, attached.mode)
         };
         let mut text = format!("interface {}\n", self.iface);
+        if let (Some(dir), Some(config)) = (&self.pins, &self.config) {
+            text.push_str(&format!("  pins:       {}\n", dir.display()));
+            text.push_str(&format!("  config:     {}\n", config_json(config)));
+        }
         text.push_str(&format!(
             "  xdp:        {}\n",
             self.xdp.as_ref().map_or("none".to_owned(), program)
@@ -125,6 +149,19 @@ impl Status {
         }
         text
     }
+}
+
+/// The live configuration in the operator's terms.
+pub fn config_json(config: &Config) -> Value {
+    let limit = &config.limit;
+    json!({
+        "ports": config.dns_ports.iter().collect::<Vec<_>>(),
+        "rate_per_s": limit.is_on().then(|| NS_PER_SEC as f64 / limit.interval_ns as f64),
+        "burst": limit.is_on().then(|| limit.burst()),
+        "v4_prefix": config.v4_prefix_len,
+        "v6_prefix": config.v6_prefix_len,
+        "dry_run": config.dry_run(),
+    })
 }
 
 /// `{"count":..,"max":..}`, or null where conntrack is not loaded.

@@ -31,26 +31,73 @@ pub fn binary() -> PathBuf {
     path
 }
 
+/// A bpffs mounted at a fresh directory of the initial mount namespace, for pins that
+/// outlive the loader (`ip netns exec` gives each command a private /sys, whose bpffs
+/// vanishes with it). Unmounted on drop, which releases whatever is pinned.
+pub struct BpfFs {
+    dir: PathBuf,
+}
+
+impl BpfFs {
+    pub fn new() -> anyhow::Result<Self> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("dns-xdp-bpffs-{}-{id}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let status = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&dir)
+            .status()?;
+        anyhow::ensure!(status.success(), "mounting bpffs on {}", dir.display());
+        Ok(Self { dir })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    pub fn arg(&self) -> String {
+        format!("--pin-root={}", self.dir.display())
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
 /// A running `dns-xdp attach`, killed on drop if still running.
 pub struct Loader {
     child: Child,
     lines: mpsc::Receiver<String>,
     stderr: mpsc::Receiver<String>,
+    /// The pins of a loader started with its own bpffs; unmounted after the child dies.
+    _bpffs: Option<BpfFs>,
 }
 
 impl Loader {
     /// Runs `dns-xdp attach --iface <LINK> --json --stats-interval 0.1 <extra>` in
-    /// `netns` and waits for its first report: from then on the program is counting.
+    /// `netns`, pinning in a bpffs of its own, and waits for its first report: from then
+    /// on the program is counting.
     pub fn attach(netns: &crate::netns::Netns, extra: &[&str]) -> anyhow::Result<Self> {
+        let bpffs = BpfFs::new()?;
+        let mut loader = Self::attach_pinned(netns, &bpffs, extra)?;
+        loader._bpffs = Some(bpffs);
+        Ok(loader)
+    }
+
+    /// Like `attach`, pinning in `bpffs`, which outlives this loader.
+    pub fn attach_pinned(
+        netns: &crate::netns::Netns,
+        bpffs: &BpfFs,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut command = netns.command(binary().to_str().context("non-UTF-8 path")?);
-        command.args([
-            "attach",
-            "--iface",
-            crate::netns::LINK,
-            "--json",
-            "--stats-interval",
-            "0.1",
-        ]);
+        command.args(["attach", "--iface", crate::netns::LINK, "--json"]);
+        command.args(["--stats-interval", "0.1"]);
+        command.arg(bpffs.arg());
         command.args(extra);
         let mut loader = Self::spawn(command)?;
         loader.next_json(Duration::from_secs(10))?;
@@ -71,6 +118,7 @@ impl Loader {
             child,
             lines,
             stderr,
+            _bpffs: None,
         })
     }
 

@@ -42,7 +42,7 @@ impl Harness {
 
     pub fn with(settings: &Settings) -> anyhow::Result<Self> {
         Ok(Self {
-            programs: Programs::load(settings)?,
+            programs: Programs::load(settings, None)?,
         })
     }
 
@@ -66,11 +66,11 @@ impl Harness {
 
     /// Runs the egress (TC) program once on `frame`; returns its egress counter deltas.
     pub fn run_egress(&mut self, frame: &[u8]) -> anyhow::Result<EgressCounters> {
-        let before = self.programs.egress_counters()?;
+        let before = self.programs.maps().egress_counters()?;
         let mut options = TestRunOptions::new();
         options.data_in = Some(frame);
         self.programs.egress()?.test_run(options)?;
-        let after = self.programs.egress_counters()?;
+        let after = self.programs.maps().egress_counters()?;
         let mut delta = EgressCounters::default();
         for (index, value) in delta.values.iter_mut().enumerate() {
             *value = after.values[index] - before.values[index];
@@ -80,9 +80,9 @@ impl Harness {
 
     /// Runs the main program once on `frame` and reports the verdict and counter deltas.
     pub fn run(&mut self, frame: &[u8]) -> anyhow::Result<Outcome> {
-        let before = self.programs.counters()?;
+        let before = self.programs.maps().counters()?;
         let (verdict, _) = self.run_program(XDP_PROGRAM, frame, 1)?;
-        let after = self.programs.counters()?;
+        let after = self.programs.maps().counters()?;
         let mut delta = Counters::default();
         for (index, value) in delta.values.iter_mut().enumerate() {
             *value = after.values[index] - before.values[index];

@@ -115,8 +115,57 @@ fn bad_arguments_name_the_flag() {
             &["attach", "--iface", "lo", "--stats-interval", "0"][..],
             "between 0.01 and 86400",
         ),
-        (&["attach"][..], "--iface <IFACE>"),
+        (
+            &["attach", "--iface", "lo", "--dry-run=maybe"][..],
+            "--dry-run",
+        ),
     ] {
         assert_refused(&dns_xdp(None, args), 2, needle);
     }
+    // Values clap cannot judge alone: one line, exit 1.
+    for (args, needle) in [
+        (&["attach"][..], "no interface: pass --iface"),
+        (
+            &["attach", "--iface", "lo", "--v4-prefix", "33"][..],
+            "--v4-prefix 33: an IPv4 prefix has 0 to 32 bits",
+        ),
+        (
+            &["attach", "--iface", "lo", "--burst", "9"][..],
+            "--burst needs --rate",
+        ),
+        (&["attach", "--iface", "lo", "--rate", "0"][..], "rate of 0"),
+        (
+            &["set", "--iface", "lo", "--pin-root", "/nonexistent"][..],
+            "no dns-xdp instance on lo",
+        ),
+        (
+            &["stats", "--iface", "lo", "--pin-root", "/nonexistent"][..],
+            "no dns-xdp instance on lo",
+        ),
+        (
+            &["allow", "add", "10.0.0.1/8", "--iface", "lo"][..],
+            "has host bits set",
+        ),
+        (
+            &["run", "--config", "/nonexistent.toml"][..],
+            "reading /nonexistent.toml",
+        ),
+    ] {
+        let output = dns_xdp(None, args);
+        let code = if needle.contains("host bits") || needle.contains("rate of 0") {
+            2
+        } else {
+            1
+        };
+        assert_refused(&output, code, needle);
+    }
+}
+
+#[test]
+fn a_config_file_with_an_unknown_key_is_refused() {
+    let path = std::env::temp_dir().join(format!("dns-xdp-bad-{}.toml", std::process::id()));
+    std::fs::write(&path, "iface = \"lo\"\nrate-limit = 5\n").unwrap();
+    let output = dns_xdp(None, &["run", "--config", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    assert_refused(&output, 1, "unknown field `rate-limit`");
 }

@@ -15,7 +15,7 @@ use std::{
 
 use dns_xdp_tests::{
     dns::{Client, Responder},
-    loader::{self, Loader},
+    loader::{self, BpfFs, Loader},
     netns::{LINK, Netns, Pair, SERVER_V4},
     packet::dns_query,
 };
@@ -165,7 +165,8 @@ fn a_full_conntrack_table_loses_queries_and_the_bypass_loses_none() {
 
     // The same load with dns-xdp attached.
     let (pair, responder) = world();
-    let mut loader = Loader::attach(&pair.server, &[]).expect("attaching");
+    let bpffs = BpfFs::new().unwrap();
+    let mut loader = Loader::attach_pinned(&pair.server, &bpffs, &[]).expect("attaching");
     let (tcp, udp) = load(&pair.client);
     std::thread::sleep(Duration::from_millis(300));
     let report = loader.latest_json(Duration::from_secs(2)).unwrap();
@@ -200,16 +201,19 @@ fn a_full_conntrack_table_loses_queries_and_the_bypass_loses_none() {
     );
     drop(responder);
 
-    // SIGKILL: the kernel drops the programs with the process; the rules stay until
-    // `dns-xdp detach`, which removes them.
+    // SIGKILL: the pinned programs and the rules stay (the server stays protected) until
+    // `dns-xdp detach`, from any shell, removes them all.
     loader.kill();
-    assert!(!pair.server.xdp_attached(LINK), "XDP went with the process");
+    assert!(
+        pair.server.xdp_attached(LINK),
+        "XDP stays attached, held by its pin"
+    );
     let tables = run(&pair.server, "nft", &["list", "tables"]);
     assert!(tables.contains("dns_xdp_dns0"), "{tables}");
     let detach = pair
         .server
         .command(loader::binary().to_str().unwrap())
-        .args(["detach", "--iface", LINK])
+        .args(["detach", "--iface", LINK, &bpffs.arg()])
         .output()
         .unwrap();
     assert!(

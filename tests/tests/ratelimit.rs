@@ -9,7 +9,8 @@ use std::{
 use aya::programs::{TestRun, TestRunOptions};
 use dns_xdp::{
     Settings,
-    programs::{SourceReport, XDP_PROGRAM},
+    maps::SourceReport,
+    programs::XDP_PROGRAM,
     settings::{Rate, parse_cidr},
 };
 use dns_xdp_common::Counter;
@@ -73,6 +74,7 @@ fn source(harness: &mut Harness, prefix: &str) -> SourceReport {
     let prefix = prefix.parse().unwrap();
     harness
         .programs()
+        .maps()
         .sources()
         .unwrap()
         .into_iter()
@@ -81,7 +83,7 @@ fn source(harness: &mut Harness, prefix: &str) -> SourceReport {
 }
 
 fn counter(harness: &mut Harness, counter: Counter) -> u64 {
-    harness.programs().counters().unwrap().get(counter)
+    harness.programs().maps().counters().unwrap().get(counter)
 }
 
 #[test]
@@ -222,6 +224,7 @@ fn the_longest_list_prefix_decides_and_counts_hits() {
     assert_eq!(counter(&mut harness, Counter::Denied), 14);
     let hits: Vec<_> = harness
         .programs()
+        .maps()
         .lists()
         .unwrap()
         .into_iter()
@@ -270,7 +273,7 @@ fn dry_run_never_drops_but_counts() {
         (source.passed, source.dropped, source.would_drop),
         (1, 0, 49)
     );
-    let top = harness.programs().top_sources(5).unwrap();
+    let top = harness.programs().maps().top_sources(5).unwrap();
     assert_eq!(top[0].prefix.to_string(), "198.18.1.1/32");
 }
 
@@ -303,7 +306,7 @@ fn a_flood_of_new_sources_does_not_free_a_hot_source() {
         u64::from(SPOOFED) + 1
     );
     assert_eq!(counter(&mut harness, Counter::TableFull), 0);
-    let entries = harness.programs().sources().unwrap().len();
+    let entries = harness.programs().maps().sources().unwrap().len();
     assert!(
         entries <= TABLE as usize,
         "{entries} entries in a table of {TABLE}"
@@ -339,7 +342,7 @@ fn one_source_on_both_cpus_gets_exactly_its_burst() {
             });
         }
     });
-    let counters = harness.programs().counters().unwrap();
+    let counters = harness.programs().maps().counters().unwrap();
     let runs = u64::from(RUNS_PER_CPU) * cpus as u64;
     println!(
         "{cpus} CPUs, {runs} runs: passed {}, limited {}, contended {}",

@@ -1,0 +1,99 @@
+//! Pin directories on bpffs, and the lock that keeps one loader per instance.
+
+use std::{
+    ffi::CString,
+    fs::{self, File, OpenOptions},
+    os::{fd::AsRawFd, unix::fs::DirBuilderExt},
+    path::Path,
+};
+
+use anyhow::{Context as _, bail};
+
+/// `statfs` magic of bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// Where the instance locks live (a tmpfs; bpffs holds no regular files).
+const LOCK_DIR: &str = "/run/dns-xdp";
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(path) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: a valid C string and a zeroed statfs buffer.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(path.as_ptr(), &mut stat) } == 0) && stat.f_type as i64 == BPF_FS_MAGIC
+}
+
+/// Makes `dir` (under `pin_root`) exist on a bpffs, readable by root only. Mounts bpffs
+/// on /sys/fs/bpf when the root is below it and nothing is mounted there yet.
+pub fn prepare(pin_root: &Path, dir: &Path) -> anyhow::Result<()> {
+    let bpffs = Path::new("/sys/fs/bpf");
+    if pin_root.starts_with(bpffs) && !is_bpffs(bpffs) {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+            .status()
+            .context("running mount")?;
+        if !status.success() {
+            bail!(
+                "could not mount bpffs on /sys/fs/bpf ({status}); mount it with `mount -t bpf bpf /sys/fs/bpf`"
+            );
+        }
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating the pin directory {}", dir.display()))?;
+    if !is_bpffs(dir) {
+        bail!(
+            "{} is not on a bpffs: pins need one (`mount -t bpf bpf <dir>`), or pass --pin-root",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Unpins everything in `dir` and removes it. Pinned links whose last holder this was
+/// detach; pinned maps are freed with their last user.
+pub fn remove_all(dir: &Path) -> anyhow::Result<()> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let path = entry?.path();
+        fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+    }
+    fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))
+}
+
+/// An exclusive lock on an instance (pin directory), held for a loader's lifetime and
+/// released by the kernel when the process dies, whatever the way.
+pub struct InstanceLock {
+    _file: File,
+}
+
+impl InstanceLock {
+    pub fn acquire(dir: &Path, iface: &str) -> anyhow::Result<Self> {
+        fs::create_dir_all(LOCK_DIR).with_context(|| format!("creating {LOCK_DIR}"))?;
+        let name: String = dir
+            .to_string_lossy()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let path = Path::new(LOCK_DIR).join(format!("{name}.lock"));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: a valid, open file descriptor.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            bail!(
+                "dns-xdp is already running on {iface} (lock {} is held); \
+                 use `dns-xdp set`, `allow` or `deny` to change it, or stop it first",
+                path.display()
+            );
+        }
+        Ok(Self { _file: file })
+    }
+}
