@@ -118,6 +118,14 @@ pub const fn gcra(tat: u64, now: u64, limit: &Limit) -> Option<u64> {
     }
 }
 
+/// The latest theoretical arrival time a bucket can reach under `limit` at `now`. A
+/// stored `tat` beyond it is debt run up under an older, slower limit; the programs cut it
+/// back to this ceiling, so a raised limit helps from the next interval on.
+#[inline(always)]
+pub const fn gcra_ceiling(now: u64, limit: &Limit) -> u64 {
+    now + limit.tolerance_ns + limit.interval_ns
+}
+
 /// Config flag: count would-be drops, drop nothing.
 pub const FLAG_DRY_RUN: u16 = 1;
 /// Config flag: the IPv4 allow/deny list has entries (else its lookup is skipped).
@@ -709,6 +717,22 @@ mod tests {
         // An hour later the bucket is full again: 5 at once, not more.
         let later = 1_000 + 3600 * NS_PER_SEC;
         assert_eq!(admitted(&limit, 50, |_| later), 5);
+    }
+
+    #[test]
+    fn a_raised_limit_forgives_debt_beyond_one_bucket() {
+        let slow = per_second(1, 3);
+        let mut tat = 0;
+        for _ in 0..3 {
+            tat = gcra(tat, 1_000, &slow).unwrap();
+        }
+        let fast = per_second(1000, 1000);
+        assert_eq!(gcra(tat, 1_000, &fast), None, "the old debt still refuses");
+        let ceiling = gcra_ceiling(1_000, &fast);
+        assert!(tat > ceiling);
+        // Cut back to the ceiling, the bucket admits again one interval later.
+        assert_eq!(gcra(ceiling, 1_000 + fast.interval_ns - 1, &fast), None);
+        assert!(gcra(ceiling, 1_000 + fast.interval_ns, &fast).is_some());
     }
 
     #[test]

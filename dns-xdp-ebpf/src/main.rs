@@ -19,7 +19,7 @@ use aya_ebpf::{
 use aya_log_ebpf::error;
 use dns_xdp_common::{
     Class, Config, Counter, Counters, DEFAULT_TABLE_SIZE, EgressCounter, EgressCounters,
-    LIST_ALLOW, ListEntry, MAX_LIST_ENTRIES, SourceKey, SourceState, gcra,
+    LIST_ALLOW, ListEntry, MAX_LIST_ENTRIES, SourceKey, SourceState, gcra, gcra_ceiling,
 };
 use parse::{Frame, Transport};
 
@@ -226,7 +226,19 @@ fn take(tat: *mut u64, now: u64, config: &Config) -> Take {
     for _ in 0..MAX_CAS_ATTEMPTS {
         let current = unsafe { core::ptr::read_volatile(tat) };
         match gcra(current, now, &config.limit) {
-            None => return Take::Refused,
+            None => {
+                let ceiling = gcra_ceiling(now, &config.limit);
+                if current > ceiling {
+                    // Debt from a slower limit that has since been raised: forgive it.
+                    // SAFETY: `tat` is an aligned u64 in a map value.
+                    let _ = unsafe {
+                        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                            tat, current, ceiling,
+                        )
+                    };
+                }
+                return Take::Refused;
+            }
             Some(next) => {
                 // SAFETY: `tat` is an aligned u64 in a map value.
                 let (_, swapped) = unsafe {

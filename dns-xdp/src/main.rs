@@ -532,13 +532,21 @@ fn detach(args: &InstanceArgs) -> anyhow::Result<()> {
     } else {
         println!("{}: removed {}", args.iface, removed.join(", "));
     }
-    let status = Status::collect(&args.iface, &[DNS_PORT], &args.pin_root)?;
-    let ours: Vec<_> = status
-        .xdp
-        .iter()
-        .chain(&status.egress)
-        .filter(|program| program.is_ours())
-        .collect();
+    // The kernel releases an unpinned link from a workqueue: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let ours = loop {
+        let status = Status::collect(&args.iface, &[DNS_PORT], &args.pin_root)?;
+        let ours: Vec<_> = status
+            .xdp
+            .into_iter()
+            .chain(status.egress)
+            .filter(|program| program.is_ours())
+            .collect();
+        if ours.is_empty() || Instant::now() > deadline {
+            break ours;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     if !ours.is_empty() {
         bail!(
             "{} still has dns-xdp programs attached ({}); a loader without pins holds them: stop it",

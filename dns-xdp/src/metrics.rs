@@ -49,7 +49,9 @@ pub fn render(maps: &Maps, iface: &str, top: usize) -> anyhow::Result<String> {
     );
     for &index in Index::ALL {
         let value = counters.get(index);
-        if index == Index::Packets {
+        if index == Index::SourcesCreated {
+            continue; // its own series below
+        } else if index == Index::Packets {
             packets
                 .get_or_create(&labels(&[("iface", iface), ("class", "all")]))
                 .inc_by(value);
@@ -63,6 +65,15 @@ pub fn render(maps: &Maps, iface: &str, top: usize) -> anyhow::Result<String> {
                 .inc_by(value);
         }
     }
+
+    let created = counter_family(
+        &mut registry,
+        "sources_created",
+        "Source prefixes put into the table",
+    );
+    created
+        .get_or_create(&labels(&[("iface", iface)]))
+        .inc_by(counters.get(Index::SourcesCreated));
 
     let egress = maps.egress_counters()?;
     let egress_packets = counter_family(

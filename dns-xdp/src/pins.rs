@@ -4,7 +4,7 @@ use std::{
     ffi::CString,
     fs::{self, File, OpenOptions},
     os::{fd::AsRawFd, unix::fs::DirBuilderExt},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, bail};
@@ -69,6 +69,7 @@ pub fn remove_all(dir: &Path) -> anyhow::Result<()> {
 /// released by the kernel when the process dies, whatever the way.
 pub struct InstanceLock {
     _file: File,
+    path: PathBuf,
 }
 
 impl InstanceLock {
@@ -94,6 +95,11 @@ impl InstanceLock {
                 path.display()
             );
         }
-        Ok(Self { _file: file })
+        Ok(Self { _file: file, path })
+    }
+
+    /// Releases the lock and deletes its file: the instance is gone.
+    pub fn remove(self) {
+        let _ = fs::remove_file(&self.path);
     }
 }

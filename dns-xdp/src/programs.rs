@@ -174,7 +174,7 @@ pub struct Attachment {
     egress_link: Option<FdLink>,
     /// Whether the programs replaced ones a previous loader left attached.
     pub adopted: bool,
-    _lock: InstanceLock,
+    lock: InstanceLock,
 }
 
 impl Attachment {
@@ -269,7 +269,7 @@ impl Attachment {
             xdp_link: Some(xdp_link),
             egress_link: Some(egress_link),
             adopted: adopting,
-            _lock: lock,
+            lock,
         })
     }
 
@@ -292,6 +292,7 @@ impl Attachment {
         // Unpinned and closed, a link has no holder left: the kernel detaches it.
         self.xdp_link.take();
         self.egress_link.take();
+        self.lock.remove();
         Ok(())
     }
 
@@ -305,7 +306,7 @@ impl Attachment {
 pub fn detach_pinned(pin_root: &Path, iface: &str) -> anyhow::Result<Vec<String>> {
     let dir = pin_dir(pin_root, iface);
     let mut removed = Vec::new();
-    let _lock = if dir.exists() {
+    let lock = if dir.exists() {
         Some(InstanceLock::acquire(&dir, iface)?)
     } else {
         None
@@ -325,6 +326,9 @@ pub fn detach_pinned(pin_root: &Path, iface: &str) -> anyhow::Result<Vec<String>
         }
         pins::remove_all(&dir)?;
         removed.push(format!("pins in {}", dir.display()));
+    }
+    if let Some(lock) = lock {
+        lock.remove();
     }
     Ok(removed)
 }

@@ -223,10 +223,18 @@ fn a_full_conntrack_table_loses_queries_and_the_bypass_loses_none() {
     );
     let tables = run(&pair.server, "nft", &["list", "tables"]);
     assert!(!tables.contains("dns_xdp"), "{tables}");
+    assert!(
+        !pair.server.xdp_attached(LINK),
+        "detach removed the XDP program"
+    );
+    assert!(
+        !bpffs.path().join(LINK).exists(),
+        "the pin directory is gone"
+    );
     let status = run(
         &pair.server,
         loader::binary().to_str().unwrap(),
-        &["status", "--iface", LINK, "--json"],
+        &["status", "--iface", LINK, "--json", &bpffs.arg()],
     );
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["xdp"], serde_json::Value::Null, "{status}");
