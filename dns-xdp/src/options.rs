@@ -318,6 +318,14 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_example_config_is_valid() {
+        let options = parse(include_str!("../../packaging/dns-xdp.example.toml")).unwrap();
+        let settings = options.settings().unwrap();
+        assert_eq!(settings.rate.unwrap().to_string(), "50/s");
+        assert_eq!(options.iface().unwrap(), "eth0");
+    }
+
+    #[test]
     fn bad_files_are_refused_with_the_key() {
         assert!(
             parse("rate-limit = 5")
