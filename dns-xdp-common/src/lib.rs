@@ -132,6 +132,34 @@ pub const FLAG_DRY_RUN: u16 = 1;
 pub const FLAG_LIST_V4: u16 = 2;
 /// Config flag: the IPv6 allow/deny list has entries.
 pub const FLAG_LIST_V6: u16 = 4;
+/// Config flag: refuse UDP datagrams to a DNS port that cannot be queries.
+pub const FLAG_SANITY: u16 = 8;
+
+/// DNS opcodes (RFC 6895) an operator may allow.
+pub const OPCODE_QUERY: u8 = 0;
+pub const OPCODE_NOTIFY: u8 = 4;
+pub const OPCODE_UPDATE: u8 = 5;
+/// Opcodes allowed unless configured otherwise: QUERY, NOTIFY, UPDATE.
+pub const DEFAULT_OPCODES: u16 = 1 << OPCODE_QUERY | 1 << OPCODE_NOTIFY | 1 << OPCODE_UPDATE;
+/// Length of the DNS header.
+pub const DNS_HEADER_LEN: usize = 12;
+
+/// Why a UDP datagram to a DNS port cannot be a query, from the third byte of its DNS
+/// header (QR and opcode) and its question count; `None` if it can.
+#[inline(always)]
+pub const fn query_defect(flags: u8, qdcount: u16, allowed_opcodes: u16) -> Option<Counter> {
+    if flags & 0x80 != 0 {
+        return Some(Counter::NotQueryResponse);
+    }
+    let opcode = (flags >> 3) & 0x0f;
+    if allowed_opcodes & (1 << opcode) == 0 {
+        return Some(Counter::NotQueryOpcode);
+    }
+    if qdcount != 1 {
+        return Some(Counter::NotQueryQdcount);
+    }
+    None
+}
 
 /// Runtime configuration, the single entry of the `CONFIG` array map. The loader writes
 /// it before attaching; the programs read it once per packet.
@@ -150,12 +178,20 @@ pub struct Config {
     pub v6_prefix_len: u8,
     /// `FLAG_*` bits.
     pub flags: u16,
+    /// Bit n set: opcode n is allowed in queries (when `FLAG_SANITY` is set).
+    pub allowed_opcodes: u16,
+    pub _reserved: [u8; 6],
 }
 
 impl Config {
     #[inline(always)]
     pub const fn dry_run(&self) -> bool {
         self.flags & FLAG_DRY_RUN != 0
+    }
+
+    #[inline(always)]
+    pub const fn sanity(&self) -> bool {
+        self.flags & FLAG_SANITY != 0
     }
 
     /// Whether the allow/deny list of this family has entries to look up.
@@ -371,6 +407,14 @@ counters! {
     TableFull => "table_full",
     /// Queries refused after their bucket changed under them too many times in a row.
     RateContended => "rate_contended",
+    /// UDP to a DNS port shorter than a DNS header.
+    NotQueryShort => "not_query_short",
+    /// UDP to a DNS port with QR=1: a response aimed at a server port (reflection).
+    NotQueryResponse => "not_query_response",
+    /// UDP to a DNS port with an opcode the operator did not allow.
+    NotQueryOpcode => "not_query_opcode",
+    /// UDP to a DNS port whose question count is not 1.
+    NotQueryQdcount => "not_query_qdcount",
 }
 
 counters! {
@@ -733,6 +777,33 @@ mod tests {
         // Cut back to the ceiling, the bucket admits again one interval later.
         assert_eq!(gcra(ceiling, 1_000 + fast.interval_ns - 1, &fast), None);
         assert!(gcra(ceiling, 1_000 + fast.interval_ns, &fast).is_some());
+    }
+
+    #[test]
+    fn only_plausible_queries_pass_the_sanity_check() {
+        let query = 0x01; // RD
+        assert_eq!(query_defect(query, 1, DEFAULT_OPCODES), None);
+        assert_eq!(
+            query_defect(0x80 | query, 1, DEFAULT_OPCODES),
+            Some(Counter::NotQueryResponse)
+        );
+        assert_eq!(query_defect(OPCODE_NOTIFY << 3, 1, DEFAULT_OPCODES), None);
+        assert_eq!(
+            query_defect(2 << 3, 1, DEFAULT_OPCODES),
+            Some(Counter::NotQueryOpcode)
+        );
+        assert_eq!(
+            query_defect(OPCODE_UPDATE << 3, 1, 1),
+            Some(Counter::NotQueryOpcode)
+        );
+        assert_eq!(
+            query_defect(query, 0, DEFAULT_OPCODES),
+            Some(Counter::NotQueryQdcount)
+        );
+        assert_eq!(
+            query_defect(query, 2, DEFAULT_OPCODES),
+            Some(Counter::NotQueryQdcount)
+        );
     }
 
     #[test]

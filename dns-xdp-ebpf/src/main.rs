@@ -18,8 +18,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::error;
 use dns_xdp_common::{
-    Class, Config, Counter, Counters, DEFAULT_TABLE_SIZE, EgressCounter, EgressCounters,
+    Class, Config, Counter, Counters, DEFAULT_TABLE_SIZE, EgressCounter, EgressCounters, L4,
     LIST_ALLOW, ListEntry, MAX_LIST_ENTRIES, SourceKey, SourceState, gcra, gcra_ceiling,
+    query_defect,
 };
 use parse::{Frame, Transport};
 
@@ -143,6 +144,23 @@ fn police_query(
     config: &Config,
     counters: &mut Counters,
 ) -> u32 {
+    match transport.l4 {
+        // Sanity first: a datagram that cannot be a query is refused whatever its source.
+        L4::Udp if config.sanity() => {
+            let defect = match frame.dns_header(transport.payload, transport.payload_len) {
+                None => Some(Counter::NotQueryShort),
+                Some((flags, qdcount)) => query_defect(flags, qdcount, config.allowed_opcodes),
+            };
+            if let Some(defect) = defect {
+                counters.bump(defect);
+                return refuse(config, counters);
+            }
+        }
+        // Over TCP only connection attempts are charged: a client that got through the
+        // handshake finishes its exchange, and spoofed sources cannot get that far.
+        L4::Tcp if !transport.syn => return xdp_action::XDP_PASS,
+        _ => {}
+    }
     if !config.limit.is_on() && !config.has_list(transport.ipv6) {
         return xdp_action::XDP_PASS;
     }

@@ -8,7 +8,7 @@
 
 use core::mem::size_of;
 
-use dns_xdp_common::{Class, L4, PortSet};
+use dns_xdp_common::{Class, DNS_HEADER_LEN, L4, PortSet};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -47,6 +47,11 @@ pub struct Transport {
     pub ipv6: bool,
     /// Offset of the IP header, to read the source address when it is needed.
     pub l3: usize,
+    /// Offset and length of the transport payload (UDP: the DNS message).
+    pub payload: usize,
+    pub payload_len: usize,
+    /// A TCP connection attempt: SYN without ACK.
+    pub syn: bool,
     pub src_port: u16,
     pub dst_port: u16,
 }
@@ -117,6 +122,18 @@ impl Frame {
     pub fn ipv6_source(&self, l3: usize) -> Result<[u8; 16], Class> {
         let ip: *const Ipv6Hdr = self.ptr_at(l3)?;
         Ok(unsafe { (*ip).src_addr })
+    }
+
+    /// The third byte (QR, opcode) and the question count of the DNS header at
+    /// `offset`, if `len` bytes there hold one.
+    #[inline(always)]
+    pub fn dns_header(&self, offset: usize, len: usize) -> Option<(u8, u16)> {
+        if len < DNS_HEADER_LEN {
+            return None;
+        }
+        let header: *const [u8; DNS_HEADER_LEN] = self.ptr_at(offset).ok()?;
+        let header = unsafe { &*header };
+        Some((header[2], be16([header[4], header[5]])))
     }
 
     /// Parses down to the transport header. `Err` carries the final class of frames
@@ -287,10 +304,19 @@ impl Frame {
         {
             return Err(Class::Malformed);
         }
+        let payload = ip.offset + UdpHdr::LEN;
+        let payload_len = if udp_len >= UdpHdr::LEN && !ip.first_fragment {
+            udp_len - UdpHdr::LEN
+        } else {
+            ip.end - payload
+        };
         Ok(Transport {
             l4: L4::Udp,
             ipv6: ip.ipv6,
             l3: ip.l3,
+            payload,
+            payload_len,
+            syn: false,
             src_port: be16(udp.src),
             dst_port: be16(udp.dst),
         })
@@ -308,6 +334,9 @@ impl Frame {
             l4: L4::Tcp,
             ipv6: ip.ipv6,
             l3: ip.l3,
+            payload: ip.offset + header_len,
+            payload_len: ip.end - ip.offset - header_len,
+            syn: tcp.syn() != 0 && tcp.ack() == 0,
             src_port: be16(tcp.source),
             dst_port: be16(tcp.dest),
         })

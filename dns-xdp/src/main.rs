@@ -143,6 +143,10 @@ struct SetArgs {
     v6_prefix: Option<u8>,
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     dry_run: Option<bool>,
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    dns_sanity: Option<bool>,
+    #[arg(long, value_name = "LIST", value_parser = dns_xdp::settings::parse_opcodes)]
+    opcodes: Option<u16>,
 }
 
 #[derive(clap::Args)]
@@ -451,6 +455,16 @@ fn set(args: &SetArgs) -> anyhow::Result<()> {
         } else {
             config.flags & !dns_xdp_common::FLAG_DRY_RUN
         };
+    }
+    if let Some(on) = args.dns_sanity {
+        config.flags = if on {
+            config.flags | dns_xdp_common::FLAG_SANITY
+        } else {
+            config.flags & !dns_xdp_common::FLAG_SANITY
+        };
+    }
+    if let Some(opcodes) = args.opcodes {
+        config.allowed_opcodes = opcodes;
     }
     maps.set_config(&config)?;
     let limit = &config.limit;

@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer, de::Error as _};
 use crate::{
     Mode,
     programs::DEFAULT_PIN_ROOT,
-    settings::{IpNet, Rate, Settings, parse_cidr},
+    settings::{IpNet, Rate, Settings, parse_cidr, parse_opcodes},
 };
 
 /// Where metrics are served unless told otherwise: loopback only.
@@ -98,6 +98,10 @@ fn cidrs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Er
         .collect()
 }
 
+fn opcodes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u16>, D::Error> {
+    from_text(deserializer, parse_opcodes).map(Some)
+}
+
 fn interval<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
     let seconds = f64::deserialize(deserializer)?;
     parse_interval(&seconds.to_string())
@@ -161,6 +165,15 @@ pub struct Options {
     /// Keep DNS on the interface out of conntrack with NOTRACK rules [default: true].
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub conntrack_bypass: Option<bool>,
+    /// Refuse UDP to a DNS port that cannot be a query: QR=1 (reflection), shorter than a
+    /// DNS header, question count not 1, or an opcode not in --opcodes [default: true].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub dns_sanity: Option<bool>,
+    /// Opcodes allowed in queries: names or numbers, comma-separated
+    /// [default: query,notify,update].
+    #[arg(long, value_name = "LIST", value_parser = parse_opcodes)]
+    #[serde(default, deserialize_with = "opcodes")]
+    pub opcodes: Option<u16>,
     /// Print the counters every SECONDS (the final counters are always printed on exit).
     #[arg(long, value_name = "SECONDS", value_parser = parse_interval)]
     #[serde(default, deserialize_with = "interval")]
@@ -208,6 +221,8 @@ impl Options {
             deny: list(self.deny, file.deny),
             dry_run: self.dry_run.or(file.dry_run),
             conntrack_bypass: self.conntrack_bypass.or(file.conntrack_bypass),
+            dns_sanity: self.dns_sanity.or(file.dns_sanity),
+            opcodes: self.opcodes.or(file.opcodes),
             stats_interval: self.stats_interval.or(file.stats_interval),
             top: self.top.or(file.top),
             metrics_addr: self.metrics_addr.or(file.metrics_addr),
@@ -265,6 +280,8 @@ impl Options {
             deny: self.deny.clone(),
             dry_run: self.dry_run.unwrap_or(defaults.dry_run),
             conntrack_bypass: self.conntrack_bypass.unwrap_or(defaults.conntrack_bypass),
+            dns_sanity: self.dns_sanity.unwrap_or(defaults.dns_sanity),
+            opcodes: self.opcodes.unwrap_or(defaults.opcodes),
         };
         settings.validate()?;
         Ok(settings)
@@ -295,6 +312,8 @@ mod tests {
             deny = ["2001:db8::/32"]
             dry-run = true
             conntrack-bypass = false
+            dns-sanity = true
+            opcodes = "query"
             stats-interval = 5
             top = 20
             metrics-addr = "127.0.0.1:9600"

@@ -4,8 +4,9 @@ use std::{fmt, net::IpAddr, str::FromStr};
 
 use anyhow::{Context as _, bail, ensure};
 use dns_xdp_common::{
-    Config, DEFAULT_TABLE_SIZE, FLAG_DRY_RUN, FLAG_LIST_V4, FLAG_LIST_V6, Limit, MAX_LIST_ENTRIES,
-    NS_PER_SEC, PortSet, prefix_mask,
+    Config, DEFAULT_OPCODES, DEFAULT_TABLE_SIZE, FLAG_DRY_RUN, FLAG_LIST_V4, FLAG_LIST_V6,
+    FLAG_SANITY, Limit, MAX_LIST_ENTRIES, NS_PER_SEC, OPCODE_NOTIFY, OPCODE_QUERY, OPCODE_UPDATE,
+    PortSet, prefix_mask,
 };
 pub use ipnet::IpNet;
 
@@ -103,6 +104,40 @@ pub struct Settings {
     pub dry_run: bool,
     /// Keep DNS on the attached interface out of conntrack (nftables NOTRACK rules).
     pub conntrack_bypass: bool,
+    /// Refuse UDP to a DNS port that cannot be a query (a response, a short or
+    /// multi-question message, a disallowed opcode).
+    pub dns_sanity: bool,
+    /// Opcodes allowed in queries, as a bit set (`parse_opcodes`).
+    pub opcodes: u16,
+}
+
+/// Parses `query,notify,update` (names or numbers 0-15) into a bit set.
+pub fn parse_opcodes(text: &str) -> Result<u16, String> {
+    let mut set = 0u16;
+    for name in text
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+    {
+        let opcode = match name.to_ascii_lowercase().as_str() {
+            "query" => OPCODE_QUERY,
+            "notify" => OPCODE_NOTIFY,
+            "update" => OPCODE_UPDATE,
+            number => match number.parse::<u8>() {
+                Ok(opcode) if opcode < 16 => opcode,
+                _ => {
+                    return Err(format!(
+                        "{name:?} is not an opcode (query, notify, update, or 0-15)"
+                    ));
+                }
+            },
+        };
+        set |= 1 << opcode;
+    }
+    if set == 0 {
+        return Err("at least one opcode must be allowed".into());
+    }
+    Ok(set)
 }
 
 impl Default for Settings {
@@ -118,6 +153,8 @@ impl Default for Settings {
             deny: Vec::new(),
             dry_run: false,
             conntrack_bypass: true,
+            dns_sanity: true,
+            opcodes: DEFAULT_OPCODES,
         }
     }
 }
@@ -193,6 +230,8 @@ impl Settings {
             v4_prefix_len: self.v4_prefix,
             v6_prefix_len: self.v6_prefix,
             flags: self.flags(),
+            allowed_opcodes: self.opcodes,
+            _reserved: [0; 6],
         })
     }
 
@@ -206,6 +245,7 @@ impl Settings {
         let mut flags = 0;
         for (on, flag) in [
             (self.dry_run, FLAG_DRY_RUN),
+            (self.dns_sanity, FLAG_SANITY),
             (listed(true), FLAG_LIST_V4),
             (listed(false), FLAG_LIST_V6),
         ] {
@@ -259,6 +299,15 @@ mod tests {
                 .contains("unknown unit")
         );
         assert!("ten".parse::<Rate>().unwrap_err().contains("not a rate"));
+    }
+
+    #[test]
+    fn opcodes_parse_by_name_or_number() {
+        assert_eq!(parse_opcodes("query"), Ok(1));
+        assert_eq!(parse_opcodes("query,notify,update"), Ok(DEFAULT_OPCODES));
+        assert_eq!(parse_opcodes("0, 15"), Ok(1 | 1 << 15));
+        assert!(parse_opcodes("16").unwrap_err().contains("not an opcode"));
+        assert!(parse_opcodes("").unwrap_err().contains("at least one"));
     }
 
     #[test]

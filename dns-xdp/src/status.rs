@@ -161,6 +161,8 @@ pub fn config_json(config: &Config) -> Value {
         "v4_prefix": config.v4_prefix_len,
         "v6_prefix": config.v6_prefix_len,
         "dry_run": config.dry_run(),
+        "dns_sanity": config.sanity(),
+        "opcodes": (0..16u8).filter(|opcode| config.allowed_opcodes & (1 << opcode) != 0).collect::<Vec<_>>(),
     })
 }
 

@@ -358,3 +358,132 @@ fn one_source_on_both_cpus_gets_exactly_its_burst() {
         u64::from(BURST)
     );
 }
+
+/// A UDP query to port 53 whose DNS message is `message`.
+fn udp_message(message: Vec<u8>) -> Vec<u8> {
+    build(&[
+        Layer::Eth,
+        Layer::ipv4(),
+        Layer::udp(53),
+        Layer::Payload(message),
+    ])
+}
+
+fn with_flags(mut message: Vec<u8>, flags: u8, qdcount: u16) -> Vec<u8> {
+    message[2] = flags;
+    message[4..6].copy_from_slice(&qdcount.to_be_bytes());
+    message
+}
+
+#[test]
+fn datagrams_that_cannot_be_queries_are_refused_by_reason() {
+    let query = dns_query(9, "example.com");
+    let cases = [
+        (
+            "a response aimed at the server port",
+            with_flags(query.clone(), 0x81, 1),
+            Some(Counter::NotQueryResponse),
+        ),
+        (
+            "shorter than a DNS header",
+            query[..11].to_vec(),
+            Some(Counter::NotQueryShort),
+        ),
+        (
+            "no question",
+            with_flags(query.clone(), 0x01, 0),
+            Some(Counter::NotQueryQdcount),
+        ),
+        (
+            "two questions",
+            with_flags(query.clone(), 0x01, 2),
+            Some(Counter::NotQueryQdcount),
+        ),
+        (
+            "opcode STATUS",
+            with_flags(query.clone(), 2 << 3, 1),
+            Some(Counter::NotQueryOpcode),
+        ),
+        ("opcode NOTIFY", with_flags(query.clone(), 4 << 3, 1), None),
+        ("a plain query", query.clone(), None),
+    ];
+    let mut harness = Harness::new(&[53]).unwrap();
+    for (description, message, reason) in &cases {
+        let outcome = harness.run(&udp_message(message.clone())).unwrap();
+        let expected_verdict = if reason.is_some() { XDP_DROP } else { XDP_PASS };
+        assert_eq!(outcome.verdict, expected_verdict, "{description}");
+        for defect in [
+            Counter::NotQueryShort,
+            Counter::NotQueryResponse,
+            Counter::NotQueryOpcode,
+            Counter::NotQueryQdcount,
+        ] {
+            let moved = outcome.delta.get(defect);
+            assert_eq!(
+                moved,
+                u64::from(Some(defect) == *reason),
+                "{description}: {defect:?}"
+            );
+        }
+    }
+    // Answers from port 53 (a resolver's upstream traffic) are never checked.
+    let answer = build(&[
+        Layer::Eth,
+        Layer::ipv4(),
+        Layer::Udp {
+            src: 53,
+            dst: 40000,
+        },
+        Layer::Payload(with_flags(query.clone(), 0x81, 1)),
+    ]);
+    assert_eq!(harness.run(&answer).unwrap().verdict, XDP_PASS);
+
+    // Dry-run counts instead of dropping; with the check off nothing is counted.
+    let dry = Settings {
+        dry_run: true,
+        ..Settings::default()
+    };
+    let mut dry = Harness::with(&dry).unwrap();
+    let outcome = dry
+        .run(&udp_message(with_flags(query.clone(), 0x81, 1)))
+        .unwrap();
+    assert_eq!(
+        (outcome.verdict, outcome.delta.get(Counter::DryRunWouldDrop)),
+        (XDP_PASS, 1)
+    );
+    let off = Settings {
+        dns_sanity: false,
+        ..Settings::default()
+    };
+    let mut off = Harness::with(&off).unwrap();
+    let outcome = off.run(&udp_message(with_flags(query, 0x81, 1))).unwrap();
+    assert_eq!(
+        (
+            outcome.verdict,
+            outcome.delta.get(Counter::NotQueryResponse)
+        ),
+        (XDP_PASS, 0)
+    );
+}
+
+#[test]
+fn over_tcp_only_connection_attempts_are_charged() {
+    let mut harness = Harness::with(&limited("1/min", 1)).unwrap();
+    let syn = build(&[Layer::Eth, Layer::ipv4(), Layer::tcp(53)]);
+    let mut ack = syn.clone();
+    ack[IP + 20 + 13] = 0x10; // ACK
+    let mut syn_ack = syn.clone();
+    syn_ack[IP + 20 + 13] = 0x12;
+    assert_eq!(admitted(&mut harness, &syn, 3), 1, "one SYN per bucket");
+    assert_eq!(
+        admitted(&mut harness, &ack, 20),
+        20,
+        "segments of an exchange are not charged"
+    );
+    assert_eq!(
+        admitted(&mut harness, &syn_ack, 5),
+        5,
+        "a SYN-ACK is no connection attempt"
+    );
+    assert_eq!(counter(&mut harness, Counter::RateLimited), 2);
+}
