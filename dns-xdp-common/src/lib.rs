@@ -168,7 +168,23 @@ pub const fn query_defect(flags: u8, qdcount: u16, allowed_opcodes: u16) -> Opti
 pub struct Config {
     /// Destination port in the set: a query to us; source port in the set: an answer.
     pub dns_ports: PortSet,
-    /// Per-source limit on queries (packets to a DNS port).
+    /// Prefix levels, narrowest first: a query passes only if every level that is on
+    /// admits it. Level 0 is the per-source limit (`--rate`, `--v4-prefix`, …).
+    pub levels: [Level; MAX_LEVELS],
+    /// `FLAG_*` bits.
+    pub flags: u16,
+    /// Bit n set: opcode n is allowed in queries (when `FLAG_SANITY` is set).
+    pub allowed_opcodes: u16,
+    pub _reserved: [u8; 4],
+}
+
+/// Prefix levels limited at once.
+pub const MAX_LEVELS: usize = 4;
+
+/// One prefix level: which sources share a bucket, and the bucket's limit.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Default, Debug, PartialEq, Eq)]
+pub struct Level {
     pub limit: Limit,
     /// Mask applied to IPv6 sources, from `v6_prefix_len`.
     pub v6_mask: [u8; 16],
@@ -176,11 +192,20 @@ pub struct Config {
     pub v4_mask: [u8; 4],
     pub v4_prefix_len: u8,
     pub v6_prefix_len: u8,
-    /// `FLAG_*` bits.
-    pub flags: u16,
-    /// Bit n set: opcode n is allowed in queries (when `FLAG_SANITY` is set).
-    pub allowed_opcodes: u16,
-    pub _reserved: [u8; 6],
+    pub _reserved: [u8; 2],
+}
+
+impl Level {
+    pub const fn new(v4_prefix_len: u8, v6_prefix_len: u8, limit: Limit) -> Self {
+        Self {
+            limit,
+            v6_mask: prefix_mask(v6_prefix_len),
+            v4_mask: prefix_mask(v4_prefix_len),
+            v4_prefix_len,
+            v6_prefix_len,
+            _reserved: [0; 2],
+        }
+    }
 }
 
 impl Config {
@@ -192,6 +217,19 @@ impl Config {
     #[inline(always)]
     pub const fn sanity(&self) -> bool {
         self.flags & FLAG_SANITY != 0
+    }
+
+    /// Whether any prefix level limits queries.
+    #[inline(always)]
+    pub fn limited(&self) -> bool {
+        let mut index = 0;
+        while index < MAX_LEVELS {
+            if self.levels[index].limit.is_on() {
+                return true;
+            }
+            index += 1;
+        }
+        false
     }
 
     /// Whether the allow/deny list of this family has entries to look up.
@@ -238,28 +276,31 @@ pub struct SourceKey {
 }
 
 impl SourceKey {
+    /// The key of `addr`'s bucket at `level` (its index in the config).
     #[inline(always)]
-    pub fn v4(addr: [u8; 4], mask: &[u8; 4], prefix_len: u8) -> Self {
+    pub fn v4(addr: [u8; 4], level: &Level, index: u8) -> Self {
         let mut key = Self {
             family: FAMILY_V4,
-            prefix_len,
+            prefix_len: level.v4_prefix_len,
+            level: index,
             ..Self::zeroed()
         };
-        for index in 0..4 {
-            key.addr[index] = addr[index] & mask[index];
+        for ((out, byte), mask) in key.addr.iter_mut().zip(addr).zip(level.v4_mask) {
+            *out = byte & mask;
         }
         key
     }
 
     #[inline(always)]
-    pub fn v6(addr: [u8; 16], mask: &[u8; 16], prefix_len: u8) -> Self {
+    pub fn v6(addr: [u8; 16], level: &Level, index: u8) -> Self {
         let mut key = Self {
             family: FAMILY_V6,
-            prefix_len,
+            prefix_len: level.v6_prefix_len,
+            level: index,
             ..Self::zeroed()
         };
-        for index in 0..16 {
-            key.addr[index] = addr[index] & mask[index];
+        for ((out, byte), mask) in key.addr.iter_mut().zip(addr).zip(level.v6_mask) {
+            *out = byte & mask;
         }
         key
     }
@@ -397,8 +438,14 @@ counters! {
     Denied => "denied",
     /// Queries admitted by their source's bucket.
     RatePassed => "rate_passed",
-    /// Queries refused by their source's bucket: dropped (passed in dry-run).
+    /// Queries refused by a bucket at some level: dropped (passed in dry-run).
     RateLimited => "rate_limited",
+    /// Of those, refused at level 0 (the source's own prefix).
+    RateLimitedLevel0 => "rate_limited_level0",
+    /// Refused at level 1 (the first aggregate prefix).
+    RateLimitedLevel1 => "rate_limited_level1",
+    RateLimitedLevel2 => "rate_limited_level2",
+    RateLimitedLevel3 => "rate_limited_level3",
     /// Denied or rate-limited queries passed because of dry-run.
     DryRunWouldDrop => "dry_run_would_drop",
     /// Sources (prefix keys) put into the table.
@@ -488,6 +535,14 @@ impl EgressCounter {
     }
 }
 impl Counter {
+    /// The counter of refusals at each level.
+    pub const LEVEL_LIMITED: [Counter; MAX_LEVELS] = [
+        Counter::RateLimitedLevel0,
+        Counter::RateLimitedLevel1,
+        Counter::RateLimitedLevel2,
+        Counter::RateLimitedLevel3,
+    ];
+
     /// Whether this counter is the class of a frame (each frame bumps exactly one), as
     /// opposed to `Packets` or a decision on a query.
     pub const fn is_class(self) -> bool {
@@ -583,6 +638,7 @@ impl Class {
 mod user {
     // SAFETY: all of these are `bytemuck::Pod`: plain old data without padding.
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::Level {}
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::EgressCounters {}
     unsafe impl aya::Pod for super::SourceKey {}
@@ -840,31 +896,33 @@ mod tests {
     }
 
     #[test]
-    fn source_keys_group_by_prefix() {
-        let mask24 = prefix_mask::<4>(24);
-        let a = SourceKey::v4([198, 18, 7, 1], &mask24, 24);
-        let b = SourceKey::v4([198, 18, 7, 200], &mask24, 24);
-        let c = SourceKey::v4([198, 18, 8, 1], &mask24, 24);
+    fn source_keys_group_by_prefix_and_level() {
+        let level24 = Level::new(24, 48, Limit::OFF);
+        let a = SourceKey::v4([198, 18, 7, 1], &level24, 1);
+        let b = SourceKey::v4([198, 18, 7, 200], &level24, 1);
+        let c = SourceKey::v4([198, 18, 8, 1], &level24, 1);
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_eq!(a.addr[..4], [198, 18, 7, 0]);
-        let mask32 = prefix_mask::<4>(32);
-        assert_ne!(
-            SourceKey::v4([198, 18, 7, 1], &mask32, 32),
-            SourceKey::v4([198, 18, 7, 200], &mask32, 32)
-        );
-        let mask64 = prefix_mask::<16>(64);
+        let level32 = Level::new(32, 64, Limit::OFF);
+        let host = |d| SourceKey::v4([198, 18, 7, d], &level32, 0);
+        assert_ne!(host(1), host(200));
         let mut x = [0x20, 1, 0, 2, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 1];
-        let p = SourceKey::v6(x, &mask64, 64);
+        let p = SourceKey::v6(x, &level32, 0);
         x[15] = 99;
         x[8] = 7;
-        assert_eq!(p, SourceKey::v6(x, &mask64, 64));
+        assert_eq!(p, SourceKey::v6(x, &level32, 0));
         x[7] = 10;
-        assert_ne!(p, SourceKey::v6(x, &mask64, 64));
-        // The same bits in two families never collide.
+        assert_ne!(p, SourceKey::v6(x, &level32, 0));
+        // Two levels with one prefix keep separate buckets; two families never collide.
         assert_ne!(
-            SourceKey::v4([0; 4], &mask32, 32),
-            SourceKey::v6([0; 16], &[255; 16], 32)
+            SourceKey::v4([1, 2, 3, 4], &level32, 0),
+            SourceKey::v4([1, 2, 3, 4], &level32, 1)
+        );
+        let both32 = Level::new(32, 32, Limit::OFF);
+        assert_ne!(
+            SourceKey::v4([0; 4], &both32, 0),
+            SourceKey::v6([0; 16], &both32, 0)
         );
     }
 }

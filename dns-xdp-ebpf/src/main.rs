@@ -19,8 +19,8 @@ use aya_ebpf::{
 use aya_log_ebpf::error;
 use dns_xdp_common::{
     Class, Config, Counter, Counters, DEFAULT_TABLE_SIZE, EgressCounter, EgressCounters, L4,
-    LIST_ALLOW, ListEntry, MAX_LIST_ENTRIES, SourceKey, SourceState, gcra, gcra_ceiling,
-    query_defect,
+    LIST_ALLOW, Level, Limit, ListEntry, MAX_LEVELS, MAX_LIST_ENTRIES, SourceKey, SourceState,
+    gcra, gcra_ceiling, query_defect,
 };
 use parse::{Frame, Transport};
 
@@ -125,12 +125,12 @@ impl Source {
         }
     }
 
-    /// The key of this source's bucket: its address masked to the configured prefix.
+    /// The key of this source's bucket at `level`: its address masked to the level's prefix.
     #[inline(always)]
-    fn key(&self, config: &Config) -> SourceKey {
+    fn key(&self, level: &Level, index: u8) -> SourceKey {
         match self {
-            Source::V4(addr) => SourceKey::v4(*addr, &config.v4_mask, config.v4_prefix_len),
-            Source::V6(addr) => SourceKey::v6(*addr, &config.v6_mask, config.v6_prefix_len),
+            Source::V4(addr) => SourceKey::v4(*addr, level, index),
+            Source::V6(addr) => SourceKey::v6(*addr, level, index),
         }
     }
 }
@@ -161,7 +161,7 @@ fn police_query(
         L4::Tcp if !transport.syn => return xdp_action::XDP_PASS,
         _ => {}
     }
-    if !config.limit.is_on() && !config.has_list(transport.ipv6) {
+    if !config.limited() && !config.has_list(transport.ipv6) {
         return xdp_action::XDP_PASS;
     }
     let source = if transport.ipv6 {
@@ -181,17 +181,47 @@ fn police_query(
         counters.bump(Counter::Denied);
         return refuse(config, counters);
     }
-    if !config.limit.is_on() {
+    if !config.limited() {
         return xdp_action::XDP_PASS;
     }
-    let key = source.key(config);
     let now = unsafe { bpf_ktime_get_ns() };
+    // Narrowest level first: a source over its own limit is refused before it can
+    // spend the aggregate buckets it shares with its neighbours.
+    for index in 0..MAX_LEVELS {
+        let level = &config.levels[index];
+        if !level.limit.is_on() {
+            continue;
+        }
+        if let Some(state) = charge(source.key(level, index as u8), now, &level.limit, counters) {
+            counters.bump(Counter::RateLimited);
+            counters.bump(Counter::LEVEL_LIMITED[index]);
+            if config.dry_run() {
+                atomic_add(&mut state.would_drop, 1);
+            } else {
+                atomic_add(&mut state.dropped, 1);
+            }
+            return refuse(config, counters);
+        }
+    }
+    counters.bump(Counter::RatePassed);
+    xdp_action::XDP_PASS
+}
+
+/// Charges one query to the bucket of `key`. Returns the bucket's state if it refused
+/// the query; `None` if it admitted it (or could not be stored: fail open, counted).
+#[inline(always)]
+fn charge(
+    key: SourceKey,
+    now: u64,
+    limit: &Limit,
+    counters: &mut Counters,
+) -> Option<&'static mut SourceState> {
     let state = match SOURCES.get_ptr_mut(key) {
         Some(state) => state,
         None => {
-            // A new source: its first packet always conforms (burst >= 1).
+            // A new prefix: its first packet always conforms (burst >= 1).
             let fresh = SourceState {
-                tat_ns: now + config.limit.interval_ns,
+                tat_ns: now + limit.interval_ns,
                 passed: 1,
                 dropped: 0,
                 would_drop: 0,
@@ -199,34 +229,34 @@ fn police_query(
             match SOURCES.insert(key, fresh, BPF_NOEXIST) {
                 Ok(()) => {
                     counters.bump(Counter::SourcesCreated);
-                    counters.bump(Counter::RatePassed);
-                    return xdp_action::XDP_PASS;
+                    return None;
                 }
                 // Another CPU created it first: take from its bucket below.
                 Err(EEXIST) => match SOURCES.get_ptr_mut(key) {
                     Some(state) => state,
-                    None => return table_full(counters),
+                    None => {
+                        counters.bump(Counter::TableFull);
+                        return None;
+                    }
                 },
-                Err(_) => return table_full(counters),
+                Err(_) => {
+                    counters.bump(Counter::TableFull);
+                    return None;
+                }
             }
         }
     };
     // SAFETY: `state` points into the map value; every field is updated atomically.
     let state = unsafe { &mut *state };
-    match take(&mut state.tat_ns, now, config) {
+    match take(&mut state.tat_ns, now, limit) {
         Take::Admitted => {
             atomic_add(&mut state.passed, 1);
-            counters.bump(Counter::RatePassed);
-            xdp_action::XDP_PASS
+            None
         }
-        Take::Refused | Take::Contended => {
-            counters.bump(Counter::RateLimited);
-            if config.dry_run() {
-                atomic_add(&mut state.would_drop, 1);
-            } else {
-                atomic_add(&mut state.dropped, 1);
-            }
-            refuse(config, counters)
+        Take::Refused => Some(state),
+        Take::Contended => {
+            counters.bump(Counter::RateContended);
+            Some(state)
         }
     }
 }
@@ -240,12 +270,12 @@ enum Take {
 /// One GCRA step on a shared bucket: exact under concurrency, since every admission
 /// moves `tat` forward by one interval with a compare-and-swap.
 #[inline(always)]
-fn take(tat: *mut u64, now: u64, config: &Config) -> Take {
+fn take(tat: *mut u64, now: u64, limit: &Limit) -> Take {
     for _ in 0..MAX_CAS_ATTEMPTS {
         let current = unsafe { core::ptr::read_volatile(tat) };
-        match gcra(current, now, &config.limit) {
+        match gcra(current, now, limit) {
             None => {
-                let ceiling = gcra_ceiling(now, &config.limit);
+                let ceiling = gcra_ceiling(now, limit);
                 if current > ceiling {
                     // Debt from a slower limit that has since been raised: forgive it.
                     // SAFETY: `tat` is an aligned u64 in a map value.
@@ -282,13 +312,6 @@ fn refuse(config: &Config, counters: &mut Counters) -> u32 {
     } else {
         xdp_action::XDP_DROP
     }
-}
-
-/// No bucket could be stored: fail open, counted.
-#[inline(always)]
-fn table_full(counters: &mut Counters) -> u32 {
-    counters.bump(Counter::TableFull);
-    xdp_action::XDP_PASS
 }
 
 #[inline(always)]

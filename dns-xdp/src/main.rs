@@ -15,10 +15,10 @@ use dns_xdp::{
     options::{Options, parse_interval},
     programs::{DEFAULT_PIN_ROOT, detach_pinned, if_index, pin_dir},
     report::{Event, Report, rates},
-    settings::{IpNet, Rate, parse_cidr},
+    settings::{IpNet, Levels, Rate, Settings, parse_cidr},
     status::{self, Status},
 };
-use dns_xdp_common::{Counters, DNS_PORT, Limit, NS_PER_SEC, prefix_mask};
+use dns_xdp_common::{Counters, DNS_PORT, FLAG_DRY_RUN, FLAG_SANITY, Level, Limit};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -147,6 +147,9 @@ struct SetArgs {
     dns_sanity: Option<bool>,
     #[arg(long, value_name = "LIST", value_parser = dns_xdp::settings::parse_opcodes)]
     opcodes: Option<u16>,
+    /// Replace the aggregate levels: `none` or `V4/V6:RATE:BURST,...`.
+    #[arg(long, value_name = "LEVELS", value_parser = dns_xdp::settings::parse_levels)]
+    levels: Option<Levels>,
 }
 
 #[derive(clap::Args)]
@@ -235,8 +238,16 @@ async fn attach(options: Options, daemon: bool, json: bool) -> anyhow::Result<()
     let mut attachment = Attachment::attach(&iface, options.mode(), &settings, &pin_root)?;
     let limit = match settings.rate {
         Some(rate) => format!(
-            "{rate} per /{} (IPv4) and /{} (IPv6) prefix, burst {}",
-            settings.v4_prefix, settings.v6_prefix, settings.burst
+            "{rate} per /{} (IPv4) and /{} (IPv6) prefix, burst {}; aggregate levels [{}]",
+            settings.v4_prefix,
+            settings.v6_prefix,
+            settings.burst,
+            settings
+                .aggregate_levels()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         None => "no rate limit".to_owned(),
     };
@@ -410,77 +421,76 @@ async fn watch(args: &WatchArgs, top_only: bool) -> anyhow::Result<()> {
 fn set(args: &SetArgs) -> anyhow::Result<()> {
     let mut maps = args.instance.maps()?;
     let mut config = maps.config()?;
+    let base = &mut config.levels[0];
     let burst = match args.burst {
         Some(0) => bail!("--burst must be at least 1"),
         Some(burst) => u64::from(burst),
-        None => config.limit.burst().max(1),
+        None => base.limit.burst().max(1),
     };
-    let (packets, period_ns) = match args.rate.as_deref() {
-        Some("off") => (0, 0),
+    base.limit = match args.rate.as_deref() {
+        Some("off") => Limit::OFF,
         Some(text) => {
             let rate: Rate = text
                 .parse()
                 .map_err(|error: String| anyhow::anyhow!("--rate {text}: {error}"))?;
-            (rate.packets, rate.period_ns)
+            Limit::new(rate.packets, rate.period_ns, burst)
+                .context("--rate with this burst is out of range")?
         }
-        None if config.limit.is_on() => (NS_PER_SEC / config.limit.interval_ns, NS_PER_SEC),
+        // Only the burst changes: keep the exact interval.
+        None if base.limit.is_on() => {
+            Limit::new(1, base.limit.interval_ns, burst).context("--burst out of range")?
+        }
         None if args.burst.is_some() => {
             bail!("--burst needs a rate: the instance has none; pass --rate")
         }
-        None => (0, 0),
+        None => Limit::OFF,
     };
-    config.limit = if packets == 0 {
-        Limit::OFF
-    } else if args.rate.is_none() {
-        // Only the burst changes: keep the exact interval.
-        Limit::new(1, config.limit.interval_ns, burst).context("--burst out of range")?
-    } else {
-        Limit::new(packets, period_ns, burst).context("--rate with this burst is out of range")?
-    };
-    if let Some(bits) = args.v4_prefix {
-        if bits > 32 {
-            bail!("--v4-prefix {bits}: an IPv4 prefix has 0 to 32 bits");
-        }
-        (config.v4_prefix_len, config.v4_mask) = (bits, prefix_mask(bits));
+    let v4 = args.v4_prefix.unwrap_or(base.v4_prefix_len);
+    let v6 = args.v6_prefix.unwrap_or(base.v6_prefix_len);
+    if v4 > 32 {
+        bail!("--v4-prefix {v4}: an IPv4 prefix has 0 to 32 bits");
     }
-    if let Some(bits) = args.v6_prefix {
-        if bits > 128 {
-            bail!("--v6-prefix {bits}: an IPv6 prefix has 0 to 128 bits");
-        }
-        (config.v6_prefix_len, config.v6_mask) = (bits, prefix_mask(bits));
+    if v6 > 128 {
+        bail!("--v6-prefix {v6}: an IPv6 prefix has 0 to 128 bits");
     }
-    if let Some(dry_run) = args.dry_run {
-        config.flags = if dry_run {
-            config.flags | dns_xdp_common::FLAG_DRY_RUN
-        } else {
-            config.flags & !dns_xdp_common::FLAG_DRY_RUN
+    *base = Level::new(v4, v6, base.limit);
+    if let Some(levels) = &args.levels {
+        let settings = Settings {
+            levels: levels.clone(),
+            ..Settings::default()
         };
+        let specs = settings.aggregate_levels();
+        if matches!(levels, Levels::Auto) {
+            bail!("--levels auto needs the start-up --rate; give the levels explicitly");
+        }
+        for (index, slot) in config.levels[1..].iter_mut().enumerate() {
+            *slot = match specs.get(index) {
+                Some(spec) => Level::new(
+                    spec.v4_prefix,
+                    spec.v6_prefix,
+                    Limit::new(
+                        spec.rate.packets,
+                        spec.rate.period_ns,
+                        u64::from(spec.burst),
+                    )
+                    .with_context(|| format!("--levels {spec}: out of range"))?,
+                ),
+                None => Level::default(),
+            };
+        }
     }
-    if let Some(on) = args.dns_sanity {
-        config.flags = if on {
-            config.flags | dns_xdp_common::FLAG_SANITY
-        } else {
-            config.flags & !dns_xdp_common::FLAG_SANITY
-        };
+    for (on, flag) in [(args.dry_run, FLAG_DRY_RUN), (args.dns_sanity, FLAG_SANITY)] {
+        match on {
+            Some(true) => config.flags |= flag,
+            Some(false) => config.flags &= !flag,
+            None => {}
+        }
     }
     if let Some(opcodes) = args.opcodes {
         config.allowed_opcodes = opcodes;
     }
     maps.set_config(&config)?;
-    let limit = &config.limit;
-    println!(
-        "{}: rate {}, burst {}, prefixes /{} and /{}, dry run {}",
-        args.instance.iface,
-        if limit.is_on() {
-            format!("{}/s", NS_PER_SEC as f64 / limit.interval_ns as f64)
-        } else {
-            "off".to_owned()
-        },
-        limit.burst(),
-        config.v4_prefix_len,
-        config.v6_prefix_len,
-        if config.dry_run() { "on" } else { "off" }
-    );
+    println!("{}: {}", args.instance.iface, status::config_json(&config));
     Ok(())
 }
 

@@ -32,6 +32,8 @@ pub const PINNED_MAPS: [&str; 7] = [
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceReport {
     pub prefix: IpNet,
+    /// The prefix level of the bucket (0: the per-source level).
+    pub level: u8,
     pub passed: u64,
     pub dropped: u64,
     pub would_drop: u64,
@@ -47,6 +49,7 @@ impl SourceReport {
         };
         Self {
             prefix: IpNet::new(addr, key.prefix_len).unwrap_or_else(|_| IpNet::from(addr)),
+            level: key.level,
             passed: state.passed,
             dropped: state.dropped,
             would_drop: state.would_drop,

@@ -138,7 +138,8 @@ pub fn render(maps: &Maps, iface: &str, top: usize) -> anyhow::Result<String> {
     );
     for source in top_refused(sources, top) {
         let prefix = source.prefix.to_string();
-        let series = labels(&[("iface", iface), ("prefix", &prefix)]);
+        let level = source.level.to_string();
+        let series = labels(&[("iface", iface), ("prefix", &prefix), ("level", &level)]);
         refused.get_or_create(&series).inc_by(source.refused());
         passed.get_or_create(&series).inc_by(source.passed);
     }

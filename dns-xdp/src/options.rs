@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer, de::Error as _};
 use crate::{
     Mode,
     programs::DEFAULT_PIN_ROOT,
-    settings::{IpNet, Rate, Settings, parse_cidr, parse_opcodes},
+    settings::{IpNet, Levels, Rate, Settings, parse_cidr, parse_levels, parse_opcodes},
 };
 
 /// Where metrics are served unless told otherwise: loopback only.
@@ -102,6 +102,10 @@ fn opcodes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u16>, D:
     from_text(deserializer, parse_opcodes).map(Some)
 }
 
+fn levels<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Levels>, D::Error> {
+    from_text(deserializer, parse_levels).map(Some)
+}
+
 fn interval<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
     let seconds = f64::deserialize(deserializer)?;
     parse_interval(&seconds.to_string())
@@ -174,6 +178,12 @@ pub struct Options {
     #[arg(long, value_name = "LIST", value_parser = parse_opcodes)]
     #[serde(default, deserialize_with = "opcodes")]
     pub opcodes: Option<u16>,
+    /// Aggregate prefix levels limited after the per-source one: `auto` (with --rate:
+    /// /24 and /48 at 4x the rate and burst, /16 and /32 at 32x), `none`, or up to three
+    /// `V4/V6:RATE:BURST`, comma-separated (e.g. `24/48:200/s:400,16/32:2000/s:4000`).
+    #[arg(long, value_name = "LEVELS", value_parser = parse_levels)]
+    #[serde(default, deserialize_with = "levels")]
+    pub levels: Option<Levels>,
     /// Print the counters every SECONDS (the final counters are always printed on exit).
     #[arg(long, value_name = "SECONDS", value_parser = parse_interval)]
     #[serde(default, deserialize_with = "interval")]
@@ -223,6 +233,7 @@ impl Options {
             conntrack_bypass: self.conntrack_bypass.or(file.conntrack_bypass),
             dns_sanity: self.dns_sanity.or(file.dns_sanity),
             opcodes: self.opcodes.or(file.opcodes),
+            levels: self.levels.or(file.levels),
             stats_interval: self.stats_interval.or(file.stats_interval),
             top: self.top.or(file.top),
             metrics_addr: self.metrics_addr.or(file.metrics_addr),
@@ -282,6 +293,7 @@ impl Options {
             conntrack_bypass: self.conntrack_bypass.unwrap_or(defaults.conntrack_bypass),
             dns_sanity: self.dns_sanity.unwrap_or(defaults.dns_sanity),
             opcodes: self.opcodes.unwrap_or(defaults.opcodes),
+            levels: self.levels.clone().unwrap_or(defaults.levels),
         };
         settings.validate()?;
         Ok(settings)

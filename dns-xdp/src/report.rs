@@ -110,6 +110,7 @@ impl<'a> Report<'a> {
             .map(|source| {
                 json!({
                     "prefix": source.prefix.to_string(),
+                    "level": source.level,
                     "passed": source.passed,
                     "dropped": source.dropped,
                     "would_drop": source.would_drop,
@@ -230,6 +231,7 @@ mod tests {
             }),
             top: vec![SourceReport {
                 prefix: "198.18.0.0/24".parse().unwrap(),
+                level: 1,
                 passed: 20,
                 dropped: 80,
                 would_drop: 0,

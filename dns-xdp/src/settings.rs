@@ -5,8 +5,8 @@ use std::{fmt, net::IpAddr, str::FromStr};
 use anyhow::{Context as _, bail, ensure};
 use dns_xdp_common::{
     Config, DEFAULT_OPCODES, DEFAULT_TABLE_SIZE, FLAG_DRY_RUN, FLAG_LIST_V4, FLAG_LIST_V6,
-    FLAG_SANITY, Limit, MAX_LIST_ENTRIES, NS_PER_SEC, OPCODE_NOTIFY, OPCODE_QUERY, OPCODE_UPDATE,
-    PortSet, prefix_mask,
+    FLAG_SANITY, Level, Limit, MAX_LEVELS, MAX_LIST_ENTRIES, NS_PER_SEC, OPCODE_NOTIFY,
+    OPCODE_QUERY, OPCODE_UPDATE, PortSet,
 };
 pub use ipnet::IpNet;
 
@@ -67,6 +67,83 @@ impl fmt::Display for Rate {
     }
 }
 
+/// An aggregate prefix level: `V4/V6:RATE:BURST`, e.g. `24/48:200/s:400`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LevelSpec {
+    pub v4_prefix: u8,
+    pub v6_prefix: u8,
+    pub rate: Rate,
+    pub burst: u32,
+}
+
+impl FromStr for LevelSpec {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let usage = || format!("{text:?} is not a level: V4/V6:RATE:BURST, e.g. 24/48:200/s:400");
+        let mut parts = text.splitn(3, ':');
+        let (Some(prefixes), Some(rate), Some(burst)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(usage());
+        };
+        // The rate may carry its own unit ("200/s"), so the burst is the last field.
+        let (rate, burst) = match burst.rsplit_once(':') {
+            Some((unit_rest, burst)) => (format!("{rate}:{unit_rest}"), burst),
+            None => (rate.to_owned(), burst),
+        };
+        let (v4, v6) = prefixes.split_once('/').ok_or_else(usage)?;
+        Ok(Self {
+            v4_prefix: v4.parse().map_err(|_| usage())?,
+            v6_prefix: v6.parse().map_err(|_| usage())?,
+            rate: rate.parse()?,
+            burst: burst.parse().map_err(|_| usage())?,
+        })
+    }
+}
+
+impl fmt::Display for LevelSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}:{}:{}",
+            self.v4_prefix, self.v6_prefix, self.rate, self.burst
+        )
+    }
+}
+
+/// The aggregate levels above the per-source one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Levels {
+    /// With a --rate: /24 and /48 at 4 times the rate and burst, /16 and /32 at 32 times.
+    #[default]
+    Auto,
+    None,
+    List(Vec<LevelSpec>),
+}
+
+/// Multipliers of the per-source rate and burst for the automatic aggregate levels,
+/// with their prefixes: a /24 rarely holds more than a few busy resolvers, a /16 is a
+/// provider's block.
+const AUTO_LEVELS: [(u8, u8, u64); 2] = [(24, 48, 4), (16, 32, 32)];
+
+/// Parses `auto`, `none`, or up to three comma-separated levels.
+pub fn parse_levels(text: &str) -> Result<Levels, String> {
+    match text.trim() {
+        "auto" => Ok(Levels::Auto),
+        "none" | "" => Ok(Levels::None),
+        list => {
+            let levels = list
+                .split(',')
+                .map(|level| level.trim().parse())
+                .collect::<Result<Vec<LevelSpec>, _>>()?;
+            if levels.len() > MAX_LEVELS - 1 {
+                return Err(format!("at most {} aggregate levels", MAX_LEVELS - 1));
+            }
+            Ok(Levels::List(levels))
+        }
+    }
+}
+
 /// Parses a CIDR, or a bare address as a single-host prefix. Host bits must be clear.
 pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
     let net = match text.parse::<IpNet>() {
@@ -109,6 +186,8 @@ pub struct Settings {
     pub dns_sanity: bool,
     /// Opcodes allowed in queries, as a bit set (`parse_opcodes`).
     pub opcodes: u16,
+    /// Aggregate prefix levels checked after the per-source one.
+    pub levels: Levels,
 }
 
 /// Parses `query,notify,update` (names or numbers 0-15) into a bit set.
@@ -155,6 +234,7 @@ impl Default for Settings {
             conntrack_bypass: true,
             dns_sanity: true,
             opcodes: DEFAULT_OPCODES,
+            levels: Levels::Auto,
         }
     }
 }
@@ -191,6 +271,22 @@ impl Settings {
                 format!("--rate {rate} with --burst {} is out of range", self.burst)
             })?;
         }
+        for level in self.aggregate_levels() {
+            ensure!(
+                level.v4_prefix <= 32 && level.v6_prefix <= 128,
+                "--levels {level}: prefixes have 0 to 32 (IPv4) and 0 to 128 (IPv6) bits"
+            );
+            ensure!(
+                level.burst >= 1,
+                "--levels {level}: the burst must be at least 1"
+            );
+            Limit::new(
+                level.rate.packets,
+                level.rate.period_ns,
+                u64::from(level.burst),
+            )
+            .with_context(|| format!("--levels {level}: rate and burst out of range"))?;
+        }
         for (flag, list) in [("--allow", &self.allow), ("--deny", &self.deny)] {
             for family_v4 in [true, false] {
                 let count = list
@@ -210,6 +306,26 @@ impl Settings {
         Ok(())
     }
 
+    /// The aggregate levels in force (`Auto` derives them from the per-source limit).
+    pub fn aggregate_levels(&self) -> Vec<LevelSpec> {
+        match (&self.levels, self.rate) {
+            (Levels::List(levels), _) => levels.clone(),
+            (Levels::Auto, Some(rate)) => AUTO_LEVELS
+                .iter()
+                .map(|&(v4_prefix, v6_prefix, times)| LevelSpec {
+                    v4_prefix,
+                    v6_prefix,
+                    rate: Rate {
+                        packets: rate.packets.saturating_mul(times),
+                        period_ns: rate.period_ns,
+                    },
+                    burst: self.burst.saturating_mul(times as u32),
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The kernel configuration; call `validate` first.
     pub fn config(&self) -> anyhow::Result<Config> {
         self.validate()?;
@@ -222,16 +338,23 @@ impl Settings {
                 .context("rate out of range")?,
             None => Limit::OFF,
         };
+        let mut levels = [Level::default(); MAX_LEVELS];
+        levels[0] = Level::new(self.v4_prefix, self.v6_prefix, limit);
+        for (slot, spec) in levels[1..].iter_mut().zip(self.aggregate_levels()) {
+            let limit = Limit::new(
+                spec.rate.packets,
+                spec.rate.period_ns,
+                u64::from(spec.burst),
+            )
+            .context("level out of range")?;
+            *slot = Level::new(spec.v4_prefix, spec.v6_prefix, limit);
+        }
         Ok(Config {
             dns_ports,
-            limit,
-            v6_mask: prefix_mask(self.v6_prefix),
-            v4_mask: prefix_mask(self.v4_prefix),
-            v4_prefix_len: self.v4_prefix,
-            v6_prefix_len: self.v6_prefix,
+            levels,
             flags: self.flags(),
             allowed_opcodes: self.opcodes,
-            _reserved: [0; 6],
+            _reserved: [0; 4],
         })
     }
 
@@ -299,6 +422,54 @@ mod tests {
                 .contains("unknown unit")
         );
         assert!("ten".parse::<Rate>().unwrap_err().contains("not a rate"));
+    }
+
+    #[test]
+    fn levels_parse_and_print() {
+        let level: LevelSpec = "24/48:200/s:400".parse().unwrap();
+        assert_eq!(
+            (level.v4_prefix, level.v6_prefix, level.burst),
+            (24, 48, 400)
+        );
+        assert_eq!(level.to_string(), "24/48:200/s:400");
+        assert_eq!(
+            "16/32:1000:2000"
+                .parse::<LevelSpec>()
+                .unwrap()
+                .rate
+                .to_string(),
+            "1000/s"
+        );
+        assert!(
+            "24:200:400"
+                .parse::<LevelSpec>()
+                .unwrap_err()
+                .contains("not a level")
+        );
+        assert_eq!(parse_levels("none"), Ok(Levels::None));
+        assert!(
+            parse_levels("24/48:1:1,20/40:1:1,16/32:1:1,8/24:1:1")
+                .unwrap_err()
+                .contains("at most 3")
+        );
+        let settings = Settings {
+            rate: Some("10/s".parse().unwrap()),
+            levels: parse_levels("20/40:100/s:50").unwrap(),
+            ..Settings::default()
+        };
+        let config = settings.config().unwrap();
+        assert_eq!(config.levels[1].v4_prefix_len, 20);
+        assert!(!config.levels[2].limit.is_on());
+        let bad = Settings {
+            levels: parse_levels("33/48:1/s:1").unwrap(),
+            ..settings
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--levels 33/48")
+        );
     }
 
     #[test]
@@ -385,10 +556,22 @@ mod tests {
             ..Settings::default()
         };
         let config = settings.config().unwrap();
-        assert_eq!(config.limit.interval_ns, 100_000_000);
-        assert_eq!(config.limit.burst(), 20);
-        assert_eq!(config.v4_mask, [255, 255, 255, 0]);
-        assert_eq!(config.v6_mask[5..7], [255, 0]);
+        let base = &config.levels[0];
+        assert_eq!(base.limit.interval_ns, 100_000_000);
+        assert_eq!(base.limit.burst(), 20);
+        assert_eq!(base.v4_mask, [255, 255, 255, 0]);
+        assert_eq!(base.v6_mask[5..7], [255, 0]);
+        // Automatic aggregate levels: /24 and /48 at 4x, /16 and /32 at 32x.
+        assert_eq!(
+            (
+                config.levels[1].v4_prefix_len,
+                config.levels[1].v6_prefix_len
+            ),
+            (24, 48)
+        );
+        assert_eq!(config.levels[1].limit.burst(), 80);
+        assert_eq!(config.levels[2].limit.interval_ns, 100_000_000 / 32);
+        assert!(!config.levels[3].limit.is_on());
         assert!(config.dry_run());
         assert!(!config.has_list(false) && !config.has_list(true));
         let listed = Settings {
@@ -398,6 +581,6 @@ mod tests {
         let listed = listed.config().unwrap();
         assert!(!listed.has_list(false) && listed.has_list(true));
         assert!(config.dns_ports.contains(853) && !config.dns_ports.contains(54));
-        assert!(!Settings::default().config().unwrap().limit.is_on());
+        assert!(!Settings::default().config().unwrap().limited());
     }
 }

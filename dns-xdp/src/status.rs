@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use aya::programs::{SchedClassifier, TcAttachType};
 use serde_json::{Value, json};
 
-use dns_xdp_common::{Config, NS_PER_SEC};
+use dns_xdp_common::{Config, Level, NS_PER_SEC};
 
 use crate::{
     conntrack::{self, Hazard, Headroom, InstalledRule},
@@ -151,19 +151,36 @@ impl Status {
     }
 }
 
-/// The live configuration in the operator's terms.
-pub fn config_json(config: &Config) -> Value {
-    let limit = &config.limit;
+/// A level's limit in the operator's terms: rate per second and burst, or null when off.
+pub fn level_json(level: &Level) -> Value {
+    let limit = &level.limit;
     json!({
-        "ports": config.dns_ports.iter().collect::<Vec<_>>(),
+        "v4_prefix": level.v4_prefix_len,
+        "v6_prefix": level.v6_prefix_len,
         "rate_per_s": limit.is_on().then(|| NS_PER_SEC as f64 / limit.interval_ns as f64),
         "burst": limit.is_on().then(|| limit.burst()),
-        "v4_prefix": config.v4_prefix_len,
-        "v6_prefix": config.v6_prefix_len,
-        "dry_run": config.dry_run(),
-        "dns_sanity": config.sanity(),
-        "opcodes": (0..16u8).filter(|opcode| config.allowed_opcodes & (1 << opcode) != 0).collect::<Vec<_>>(),
     })
+}
+
+/// The live configuration in the operator's terms. `rate_per_s`, `burst` and the
+/// prefixes at the top level are level 0's (the per-source limit).
+pub fn config_json(config: &Config) -> Value {
+    let mut value = level_json(&config.levels[0]);
+    value["ports"] = json!(config.dns_ports.iter().collect::<Vec<_>>());
+    value["levels"] = config.levels[1..]
+        .iter()
+        .filter(|level| level.limit.is_on())
+        .map(level_json)
+        .collect::<Vec<_>>()
+        .into();
+    value["dry_run"] = json!(config.dry_run());
+    value["dns_sanity"] = json!(config.sanity());
+    value["opcodes"] = json!(
+        (0..16u8)
+            .filter(|opcode| config.allowed_opcodes & (1 << opcode) != 0)
+            .collect::<Vec<_>>()
+    );
+    value
 }
 
 /// `{"count":..,"max":..}`, or null where conntrack is not loaded.

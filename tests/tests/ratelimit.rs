@@ -11,7 +11,7 @@ use dns_xdp::{
     Settings,
     maps::SourceReport,
     programs::XDP_PROGRAM,
-    settings::{Rate, parse_cidr},
+    settings::{Levels, Rate, parse_cidr, parse_levels},
 };
 use dns_xdp_common::Counter;
 use dns_xdp_tests::{
@@ -47,10 +47,12 @@ fn v4(text: &str) -> Ipv4Addr {
     text.parse().unwrap()
 }
 
+/// A per-source limit only (no aggregate levels).
 fn limited(rate: &str, burst: u32) -> Settings {
     Settings {
         rate: Some(rate.parse::<Rate>().unwrap()),
         burst,
+        levels: Levels::None,
         ..Settings::default()
     }
 }
@@ -486,4 +488,78 @@ fn over_tcp_only_connection_attempts_are_charged() {
         "a SYN-ACK is no connection attempt"
     );
     assert_eq!(counter(&mut harness, Counter::RateLimited), 2);
+}
+
+#[test]
+fn each_level_refuses_on_its_own_and_is_named() {
+    // /32 at burst 4, /24 at burst 6, /16 at burst 9, all at 1/min.
+    let mut settings = limited("1/min", 4);
+    settings.levels = parse_levels("24/48:1/min:6,16/32:1/min:9").unwrap();
+    let mut harness = Harness::with(&settings).unwrap();
+    let host = |a, b, c, d| query_v4(Ipv4Addr::new(a, b, c, d));
+    let levels = |harness: &mut Harness| {
+        Counter::LEVEL_LIMITED
+            .map(|counter| harness.programs().maps().counters().unwrap().get(counter))
+    };
+    // One host is held by its own /32 bucket (4), before it can spend more of the /24's.
+    assert_eq!(admitted(&mut harness, &host(198, 18, 7, 1), 10), 4);
+    assert_eq!(levels(&mut harness), [6, 0, 0, 0]);
+    // A neighbour in the same /24 gets what the /24 has left (2); its third query passes
+    // its own bucket but not the /24's; its own bucket refuses the rest.
+    assert_eq!(admitted(&mut harness, &host(198, 18, 7, 2), 10), 2);
+    assert_eq!(levels(&mut harness), [6 + 6, 2, 0, 0]);
+    // Another /24 of the same /16: the /16 has 9 - 6 = 3 left.
+    assert_eq!(admitted(&mut harness, &host(198, 18, 9, 1), 10), 3);
+    assert_eq!(levels(&mut harness), [12 + 6, 2, 1, 0]);
+    // Another /16 is untouched.
+    assert_eq!(admitted(&mut harness, &host(198, 19, 0, 1), 4), 4);
+    assert_eq!(counter(&mut harness, Counter::RateLimited), 18 + 2 + 1);
+    // Each drop is attributed to the refusing level's prefix.
+    let top = harness.programs().maps().top_sources(10).unwrap();
+    let listed: Vec<_> = top
+        .iter()
+        .map(|s| (s.prefix.to_string(), s.level, s.dropped))
+        .collect();
+    for expected in [
+        ("198.18.7.1/32", 0, 6),
+        ("198.18.7.0/24", 1, 2),
+        ("198.18.0.0/16", 2, 1),
+    ] {
+        let expected = (expected.0.to_owned(), expected.1, expected.2);
+        assert!(listed.contains(&expected), "{expected:?} not in {listed:?}");
+    }
+}
+
+#[test]
+fn a_distributed_flood_under_the_per_source_limit_is_caught_by_the_aggregate_levels() {
+    // 2 000 spoofed sources in one /16, each sending 2 queries: under a per-source
+    // burst of 5, every query would pass; the automatic /24 and /16 levels cap it.
+    let settings = Settings {
+        rate: Some("1/min".parse().unwrap()),
+        burst: 5,
+        ..Settings::default()
+    };
+    let mut harness = Harness::with(&settings).unwrap();
+    let mut passed = 0;
+    for index in 0..2000u32 {
+        let [_, _, c, d] = index.to_be_bytes();
+        passed += admitted(&mut harness, &query_v4(Ipv4Addr::new(203, 0, c, d)), 2);
+    }
+    // /16 at 32x: at most 160 queries at once from the whole /16.
+    assert_eq!(passed, 160);
+    assert_eq!(counter(&mut harness, Counter::RateLimitedLevel0), 0);
+    let mut per_source = Harness::with(&Settings {
+        levels: Levels::None,
+        ..settings
+    })
+    .unwrap();
+    let mut passed = 0;
+    for index in 0..2000u32 {
+        let [_, _, c, d] = index.to_be_bytes();
+        passed += admitted(&mut per_source, &query_v4(Ipv4Addr::new(203, 0, c, d)), 2);
+    }
+    assert_eq!(
+        passed, 4000,
+        "per-source limiting alone lets it all through"
+    );
 }

@@ -38,7 +38,9 @@ fn an_abusive_source_is_held_to_its_rate_and_named_while_others_lose_nothing() {
         .unwrap();
     let loader = Loader::attach(
         &pair.server,
-        &["--rate", "20/s", "--burst", "10", "--top", "5"],
+        &[
+            "--rate", "20/s", "--burst", "10", "--top", "5", "--levels", "none",
+        ],
     )
     .expect("attaching");
 
