@@ -8,7 +8,7 @@ use std::{fs, path::PathBuf, time::Duration};
 use dns_xdp::{
     Settings,
     programs::{XDP_PASS_PROGRAM, XDP_PROGRAM},
-    settings::parse_cidr,
+    settings::{Levels, parse_cidr},
 };
 use dns_xdp_tests::{
     packet::{DSTOPTS, HOPOPTS, Layer, build, dns_query},
@@ -39,6 +39,7 @@ fn settings(rate: Option<&str>, burst: u32, allow: &[&str], deny: &[&str]) -> Se
         burst,
         allow: cidrs(allow),
         deny: cidrs(deny),
+        levels: Levels::None,
         ..Settings::default()
     }
 }
@@ -54,7 +55,8 @@ fn main() -> anyhow::Result<()> {
         frame
     };
     // 0: parse and count only; 1: a bucket that always admits (1 ns interval, huge
-    // burst); 2: a bucket that always refuses (after its first packet); 3: lists.
+    // burst); 2: a bucket that always refuses (after its first packet); 3: lists;
+    // 4: three levels.
     let mut harnesses = [
         Harness::with(&settings(None, 5, &[], &[]))?,
         Harness::with(&settings(Some("1000000000/s"), u32::MAX, &[], &[]))?,
@@ -65,6 +67,11 @@ fn main() -> anyhow::Result<()> {
             &["198.18.1.0/24"],
             &["198.18.9.0/24"],
         ))?,
+        // 4: three levels that always admit (the automatic /24 and /16 above the /32).
+        Harness::with(&Settings {
+            levels: Levels::Auto,
+            ..settings(Some("10000000/s"), u32::MAX / 32, &[], &[])
+        })?,
     ];
     let paths = [
         Path {
@@ -108,6 +115,11 @@ fn main() -> anyhow::Result<()> {
         Path {
             name: "DNS query, bucket admits (pass)",
             harness: 1,
+            frame: udp4([198, 18, 0, 2]),
+        },
+        Path {
+            name: "DNS query, buckets admit at 3 levels (/32, /24, /16)",
+            harness: 4,
             frame: udp4([198, 18, 0, 2]),
         },
         Path {
