@@ -141,6 +141,18 @@ pub const OPCODE_NOTIFY: u8 = 4;
 pub const OPCODE_UPDATE: u8 = 5;
 /// Opcodes allowed unless configured otherwise: QUERY, NOTIFY, UPDATE.
 pub const DEFAULT_OPCODES: u16 = 1 << OPCODE_QUERY | 1 << OPCODE_NOTIFY | 1 << OPCODE_UPDATE;
+/// The Internet checksum (RFC 1071) of 16-bit words summed into `sum`: carries folded
+/// in, then complemented.
+#[inline(always)]
+pub const fn fold_checksum(mut sum: u64) -> u16 {
+    let mut rounds = 0;
+    while sum > 0xffff && rounds < 4 {
+        sum = (sum & 0xffff) + (sum >> 16);
+        rounds += 1;
+    }
+    !(sum as u16)
+}
+
 /// Length of the DNS header.
 pub const DNS_HEADER_LEN: usize = 12;
 
@@ -175,7 +187,8 @@ pub struct Config {
     pub flags: u16,
     /// Bit n set: opcode n is allowed in queries (when `FLAG_SANITY` is set).
     pub allowed_opcodes: u16,
-    pub _reserved: [u8; 4],
+    /// Answer one in `slip` rate-limited UDP queries with a truncated reply; 0: never.
+    pub slip: u32,
 }
 
 /// Prefix levels limited at once.
@@ -454,6 +467,8 @@ counters! {
     TableFull => "table_full",
     /// Queries refused after their bucket changed under them too many times in a row.
     RateContended => "rate_contended",
+    /// Rate-limited UDP queries answered with a truncated reply (TC=1) instead of dropped.
+    Slipped => "slipped",
     /// UDP to a DNS port shorter than a DNS header.
     NotQueryShort => "not_query_short",
     /// UDP to a DNS port with QR=1: a response aimed at a server port (reflection).
@@ -833,6 +848,14 @@ mod tests {
         // Cut back to the ceiling, the bucket admits again one interval later.
         assert_eq!(gcra(ceiling, 1_000 + fast.interval_ns - 1, &fast), None);
         assert!(gcra(ceiling, 1_000 + fast.interval_ns, &fast).is_some());
+    }
+
+    #[test]
+    fn checksums_fold_as_rfc_1071_says() {
+        // RFC 1071's example words 0001 f203 f4f5 f6f7 sum to 2ddf0, folded ddf2.
+        assert_eq!(fold_checksum(0x0001 + 0xf203 + 0xf4f5 + 0xf6f7), !0xddf2);
+        assert_eq!(fold_checksum(0), 0xffff);
+        assert_eq!(fold_checksum(0xffff), 0);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 #![allow(internal_features)]
 
 mod parse;
+mod slip;
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
@@ -96,7 +97,7 @@ fn try_dns_xdp(ctx: &XdpContext) -> Result<u32, ()> {
         Ok(transport) => {
             let class = transport.class(&config.dns_ports);
             let action = match class {
-                Class::Query { .. } => police_query(&frame, &transport, config, counters),
+                Class::Query { .. } => police_query(ctx, &frame, &transport, config, counters),
                 _ => xdp_action::XDP_PASS,
             };
             (class, action)
@@ -139,6 +140,7 @@ impl Source {
 /// source's bucket. With neither configured, the source address is not even read.
 #[inline(always)]
 fn police_query(
+    ctx: &XdpContext,
     frame: &Frame,
     transport: &Transport,
     config: &Config,
@@ -187,24 +189,42 @@ fn police_query(
     let now = unsafe { bpf_ktime_get_ns() };
     // Narrowest level first: a source over its own limit is refused before it can
     // spend the aggregate buckets it shares with its neighbours.
+    let mut refused = None;
     for index in 0..MAX_LEVELS {
         let level = &config.levels[index];
         if !level.limit.is_on() {
             continue;
         }
         if let Some(state) = charge(source.key(level, index as u8), now, &level.limit, counters) {
-            counters.bump(Counter::RateLimited);
             counters.bump(Counter::LEVEL_LIMITED[index]);
-            if config.dry_run() {
-                atomic_add(&mut state.would_drop, 1);
-            } else {
-                atomic_add(&mut state.dropped, 1);
-            }
-            return refuse(config, counters);
+            refused = Some(state);
+            break;
         }
     }
-    counters.bump(Counter::RatePassed);
-    xdp_action::XDP_PASS
+    // One refusal path after the loop, so the verifier walks it once, not per level.
+    let Some(state) = refused else {
+        counters.bump(Counter::RatePassed);
+        return xdp_action::XDP_PASS;
+    };
+    counters.bump(Counter::RateLimited);
+    if config.dry_run() {
+        atomic_add(&mut state.would_drop, 1);
+        return refuse(config, counters);
+    }
+    atomic_add(&mut state.dropped, 1);
+    // Slip one in N refused UDP queries (N counted per CPU): a truncated reply sends a
+    // real client to TCP, where spoofing cannot follow.
+    if transport.l4 == L4::Udp
+        && config.slip != 0
+        && counters
+            .get(Counter::RateLimited)
+            .is_multiple_of(u64::from(config.slip))
+        && slip::truncated_reply(ctx, transport).is_some()
+    {
+        counters.bump(Counter::Slipped);
+        return xdp_action::XDP_TX;
+    }
+    xdp_action::XDP_DROP
 }
 
 /// Charges one query to the bucket of `key`. Returns the bucket's state if it refused

@@ -94,7 +94,7 @@ impl Frame {
 
     /// The one bounds check: a `T` at `offset` lies wholly inside the frame.
     #[inline(always)]
-    fn ptr_at<T>(&self, offset: usize) -> Result<*const T, Class> {
+    pub fn ptr_at<T>(&self, offset: usize) -> Result<*const T, Class> {
         if offset > MAX_HEADER_OFFSET {
             return Err(Class::Malformed);
         }

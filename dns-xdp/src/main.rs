@@ -147,6 +147,9 @@ struct SetArgs {
     dns_sanity: Option<bool>,
     #[arg(long, value_name = "LIST", value_parser = dns_xdp::settings::parse_opcodes)]
     opcodes: Option<u16>,
+    /// Answer one in N rate-limited UDP queries with a truncated reply; 0: never.
+    #[arg(long, value_name = "N")]
+    slip: Option<u32>,
     /// Replace the aggregate levels: `none` or `V4/V6:RATE:BURST,...`.
     #[arg(long, value_name = "LEVELS", value_parser = dns_xdp::settings::parse_levels)]
     levels: Option<Levels>,
@@ -488,6 +491,9 @@ fn set(args: &SetArgs) -> anyhow::Result<()> {
     }
     if let Some(opcodes) = args.opcodes {
         config.allowed_opcodes = opcodes;
+    }
+    if let Some(slip) = args.slip {
+        config.slip = slip;
     }
     maps.set_config(&config)?;
     println!("{}: {}", args.instance.iface, status::config_json(&config));

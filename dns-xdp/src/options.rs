@@ -184,6 +184,10 @@ pub struct Options {
     #[arg(long, value_name = "LEVELS", value_parser = parse_levels)]
     #[serde(default, deserialize_with = "levels")]
     pub levels: Option<Levels>,
+    /// Answer one in N rate-limited UDP queries with a truncated reply (TC=1) instead of
+    /// dropping it, so real clients retry over TCP; 0: never [default: 0].
+    #[arg(long, value_name = "N")]
+    pub slip: Option<u32>,
     /// Print the counters every SECONDS (the final counters are always printed on exit).
     #[arg(long, value_name = "SECONDS", value_parser = parse_interval)]
     #[serde(default, deserialize_with = "interval")]
@@ -234,6 +238,7 @@ impl Options {
             dns_sanity: self.dns_sanity.or(file.dns_sanity),
             opcodes: self.opcodes.or(file.opcodes),
             levels: self.levels.or(file.levels),
+            slip: self.slip.or(file.slip),
             stats_interval: self.stats_interval.or(file.stats_interval),
             top: self.top.or(file.top),
             metrics_addr: self.metrics_addr.or(file.metrics_addr),
@@ -294,6 +299,7 @@ impl Options {
             dns_sanity: self.dns_sanity.unwrap_or(defaults.dns_sanity),
             opcodes: self.opcodes.unwrap_or(defaults.opcodes),
             levels: self.levels.clone().unwrap_or(defaults.levels),
+            slip: self.slip.unwrap_or(defaults.slip),
         };
         settings.validate()?;
         Ok(settings)

@@ -188,6 +188,8 @@ pub struct Settings {
     pub opcodes: u16,
     /// Aggregate prefix levels checked after the per-source one.
     pub levels: Levels,
+    /// Answer one in `slip` rate-limited UDP queries with a truncated reply; 0: never.
+    pub slip: u32,
 }
 
 /// Parses `query,notify,update` (names or numbers 0-15) into a bit set.
@@ -235,6 +237,7 @@ impl Default for Settings {
             dns_sanity: true,
             opcodes: DEFAULT_OPCODES,
             levels: Levels::Auto,
+            slip: 0,
         }
     }
 }
@@ -354,7 +357,7 @@ impl Settings {
             levels,
             flags: self.flags(),
             allowed_opcodes: self.opcodes,
-            _reserved: [0; 4],
+            slip: self.slip,
         })
     }
 

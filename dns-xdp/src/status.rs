@@ -175,6 +175,7 @@ pub fn config_json(config: &Config) -> Value {
         .into();
     value["dry_run"] = json!(config.dry_run());
     value["dns_sanity"] = json!(config.sanity());
+    value["slip"] = json!(config.slip);
     value["opcodes"] = json!(
         (0..16u8)
             .filter(|opcode| config.allowed_opcodes & (1 << opcode) != 0)
