@@ -7,6 +7,7 @@ use dns_xdp_common::{Counter, Counters, EgressCounters};
 /// XDP verdicts, as the kernel numbers them.
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
 
 /// The programs, loaded but not attached.
 pub struct Harness {
@@ -62,6 +63,17 @@ impl Harness {
         options.repeat = repeat;
         let result = self.programs.xdp(program)?.test_run(options)?;
         Ok((result.return_value, result.duration))
+    }
+
+    /// Runs the main program once on `frame`: the verdict and the frame it left.
+    pub fn run_and_read(&mut self, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut options = TestRunOptions::new();
+        options.data_in = Some(frame);
+        options.data_out = Some(&mut out);
+        let result = self.programs.xdp(XDP_PROGRAM)?.test_run(options)?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
     }
 
     /// Runs the egress (TC) program once on `frame`; returns its egress counter deltas.

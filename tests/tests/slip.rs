@@ -1,0 +1,193 @@
+//! Slip: a rate-limited UDP query answered in XDP with a truncated reply (TC=1), checked
+//! byte by byte with etherparse, never longer than the query. IPv4 only for now. Needs root.
+
+use dns_xdp::Settings;
+use dns_xdp_common::Counter;
+use dns_xdp_tests::{
+    packet::{Layer, build, dns_query},
+    testrun::{Harness, XDP_DROP, XDP_PASS, XDP_TX},
+};
+use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+
+/// A query for example.com with an EDNS OPT record (which the reply must drop).
+fn query_with_edns(id: u16) -> Vec<u8> {
+    let mut query = dns_query(id, "example.com");
+    query[10..12].copy_from_slice(&1u16.to_be_bytes()); // ARCOUNT
+    query.extend([0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 0]); // root, OPT, 4096, no options
+    query
+}
+
+fn slipping(slip: u32) -> Harness {
+    Harness::with(&Settings {
+        rate: Some("1/hour".parse().unwrap()),
+        burst: 1,
+        levels: dns_xdp::settings::Levels::None,
+        slip,
+        ..Settings::default()
+    })
+    .unwrap()
+}
+
+/// Pins this thread to CPU 0: slip counts refusals per CPU.
+fn pin() {
+    // SAFETY: a zeroed cpu_set_t with one CPU set, applied to this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Checks that `reply` is the truncated answer to `query`: every header mirrored, the
+/// checksums right (as etherparse computes them), the DNS message cut after the question.
+fn check_reply(query: &[u8], reply: &[u8]) {
+    assert!(
+        reply.len() <= query.len(),
+        "no amplification: {} > {}",
+        reply.len(),
+        query.len()
+    );
+    let asked = SlicedPacket::from_ethernet(query).unwrap();
+    let answered = SlicedPacket::from_ethernet(reply).expect("the reply parses");
+    let (Some(asked_link), Some(answered_link)) = (&asked.link, &answered.link) else {
+        panic!()
+    };
+    let (etherparse::LinkSlice::Ethernet2(q), etherparse::LinkSlice::Ethernet2(r)) =
+        (asked_link, answered_link)
+    else {
+        panic!("not Ethernet")
+    };
+    assert_eq!((r.source(), r.destination()), (q.destination(), q.source()));
+    let (Some(TransportSlice::Udp(q_udp)), Some(TransportSlice::Udp(r_udp))) =
+        (&asked.transport, &answered.transport)
+    else {
+        panic!("not UDP")
+    };
+    assert_eq!(
+        (r_udp.source_port(), r_udp.destination_port()),
+        (q_udp.destination_port(), q_udp.source_port())
+    );
+    let q_dns = q_udp.payload();
+    let r_dns = r_udp.payload();
+    let question_len = 12 + "example.com".len() + 2 + 4;
+    assert_eq!(r_dns.len(), question_len, "header and question only");
+    assert_eq!(r_dns[..2], q_dns[..2], "same ID");
+    assert_eq!(r_dns[2], 0x80 | 0x02 | (q_dns[2] & 0x01), "QR, TC, RD kept");
+    assert_eq!(r_dns[3], 0);
+    assert_eq!(r_dns[4..6], [0, 1], "one question");
+    assert_eq!(r_dns[6..12], [0; 6], "no records");
+    assert_eq!(r_dns[12..], q_dns[12..question_len], "the same question");
+    match (&asked.net, &answered.net) {
+        (Some(NetSlice::Ipv4(q)), Some(NetSlice::Ipv4(r))) => {
+            let header = r.header().to_header();
+            assert_eq!(
+                header.header_checksum,
+                header.calc_header_checksum(),
+                "IPv4 checksum"
+            );
+            assert_eq!(
+                (header.source, header.destination),
+                (q.header().destination(), q.header().source())
+            );
+            assert_eq!(
+                usize::from(header.total_len),
+                reply.len() - 14 - 4 * answered.link_exts.len()
+            );
+            assert_eq!(r_udp.checksum(), 0, "no UDP checksum over IPv4");
+        }
+        other => panic!("families differ: {other:?}"),
+    }
+    assert_eq!(usize::from(r_udp.length()), 8 + question_len);
+}
+
+#[test]
+fn a_slipped_query_gets_an_exact_truncated_reply() {
+    pin();
+    for layers in [
+        vec![
+            Layer::Eth,
+            Layer::ipv4(),
+            Layer::udp(53),
+            Layer::Payload(query_with_edns(0x4242)),
+        ],
+        // IPv4 options and a VLAN tag stay as they were.
+        vec![
+            Layer::Eth,
+            Layer::Vlan(0x8100),
+            Layer::Ipv4 {
+                options: vec![1; 8],
+                frag_offset: 0,
+                more_fragments: false,
+            },
+            Layer::udp(53),
+            Layer::Payload(query_with_edns(0x4243)),
+        ],
+    ] {
+        let query = build(&layers);
+        let mut harness = slipping(1);
+        assert_eq!(
+            harness.run_and_read(&query).unwrap().0,
+            XDP_PASS,
+            "the burst"
+        );
+        let (verdict, reply) = harness.run_and_read(&query).unwrap();
+        assert_eq!(verdict, XDP_TX);
+        check_reply(&query, &reply);
+        let counters = harness.programs().maps().counters().unwrap();
+        let slipped = (
+            counters.get(Counter::Slipped),
+            counters.get(Counter::RateLimited),
+        );
+        assert_eq!(slipped, (1, 1));
+    }
+    // IPv6 is not slipped yet (see slip.rs): dropped.
+    let query = build(&[
+        Layer::Eth,
+        Layer::Ipv6,
+        Layer::udp(53),
+        Layer::Payload(query_with_edns(1)),
+    ]);
+    let mut harness = slipping(1);
+    assert_eq!(harness.run_and_read(&query).unwrap().0, XDP_PASS);
+    assert_eq!(harness.run_and_read(&query).unwrap().0, XDP_DROP);
+}
+
+#[test]
+fn one_in_n_refused_queries_is_slipped_and_tcp_never() {
+    pin();
+    let query = build(&[
+        Layer::Eth,
+        Layer::ipv4(),
+        Layer::udp(53),
+        Layer::Payload(dns_query(7, "example.com")),
+    ]);
+    let mut harness = slipping(3);
+    assert_eq!(harness.run_and_read(&query).unwrap().0, XDP_PASS);
+    let verdicts: Vec<u32> = (0..9)
+        .map(|_| harness.run_and_read(&query).unwrap().0)
+        .collect();
+    assert_eq!(verdicts, [XDP_DROP, XDP_DROP, XDP_TX].repeat(3));
+    // TCP: a SYN is refused, never slipped.
+    let syn = build(&[
+        Layer::Eth,
+        Layer::ipv4(),
+        Layer::Tcp {
+            src: 40001,
+            dst: 53,
+        },
+    ]);
+    let mut tcp = slipping(1);
+    assert_eq!(tcp.run_and_read(&syn).unwrap().0, XDP_PASS);
+    assert_eq!(tcp.run_and_read(&syn).unwrap().0, XDP_DROP);
+    // Dry-run drops nothing and so slips nothing.
+    let mut dry = Harness::with(&Settings {
+        rate: Some("1/hour".parse().unwrap()),
+        burst: 1,
+        slip: 1,
+        dry_run: true,
+        ..Settings::default()
+    })
+    .unwrap();
+    assert_eq!(dry.run_and_read(&query).unwrap().0, XDP_PASS);
+    assert_eq!(dry.run_and_read(&query).unwrap().0, XDP_PASS);
+}
