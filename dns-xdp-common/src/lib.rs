@@ -285,7 +285,9 @@ pub struct SourceKey {
     pub family: u8,
     pub prefix_len: u8,
     pub level: u8,
-    pub _reserved: u8,
+    /// 1 for TCP connection attempts, 0 for UDP: a UDP flood from a source does not
+    /// empty the bucket its TCP fallback (after a slipped reply) is charged to.
+    pub tcp: u8,
 }
 
 impl SourceKey {

@@ -195,7 +195,9 @@ fn police_query(
         if !level.limit.is_on() {
             continue;
         }
-        if let Some(state) = charge(source.key(level, index as u8), now, &level.limit, counters) {
+        let mut key = source.key(level, index as u8);
+        key.tcp = u8::from(transport.l4 == L4::Tcp);
+        if let Some(state) = charge(key, now, &level.limit, counters) {
             counters.bump(Counter::LEVEL_LIMITED[index]);
             refused = Some(state);
             break;

@@ -34,6 +34,8 @@ pub struct SourceReport {
     pub prefix: IpNet,
     /// The prefix level of the bucket (0: the per-source level).
     pub level: u8,
+    /// A bucket of TCP connection attempts (UDP queries otherwise).
+    pub tcp: bool,
     pub passed: u64,
     pub dropped: u64,
     pub would_drop: u64,
@@ -50,6 +52,7 @@ impl SourceReport {
         Self {
             prefix: IpNet::new(addr, key.prefix_len).unwrap_or_else(|_| IpNet::from(addr)),
             level: key.level,
+            tcp: key.tcp != 0,
             passed: state.passed,
             dropped: state.dropped,
             would_drop: state.would_drop,

@@ -139,7 +139,13 @@ pub fn render(maps: &Maps, iface: &str, top: usize) -> anyhow::Result<String> {
     for source in top_refused(sources, top) {
         let prefix = source.prefix.to_string();
         let level = source.level.to_string();
-        let series = labels(&[("iface", iface), ("prefix", &prefix), ("level", &level)]);
+        let transport = if source.tcp { "tcp" } else { "udp" };
+        let series = labels(&[
+            ("iface", iface),
+            ("prefix", &prefix),
+            ("level", &level),
+            ("transport", transport),
+        ]);
         refused.get_or_create(&series).inc_by(source.refused());
         passed.get_or_create(&series).inc_by(source.passed);
     }

@@ -111,6 +111,7 @@ impl<'a> Report<'a> {
                 json!({
                     "prefix": source.prefix.to_string(),
                     "level": source.level,
+                    "tcp": source.tcp,
                     "passed": source.passed,
                     "dropped": source.dropped,
                     "would_drop": source.would_drop,
@@ -232,6 +233,7 @@ mod tests {
             top: vec![SourceReport {
                 prefix: "198.18.0.0/24".parse().unwrap(),
                 level: 1,
+                tcp: false,
                 passed: 20,
                 dropped: 80,
                 would_drop: 0,

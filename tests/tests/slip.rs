@@ -191,3 +191,55 @@ fn one_in_n_refused_queries_is_slipped_and_tcp_never() {
     assert_eq!(dry.run_and_read(&query).unwrap().0, XDP_PASS);
     assert_eq!(dry.run_and_read(&query).unwrap().0, XDP_PASS);
 }
+
+#[test]
+fn over_veth_a_slipped_client_gets_tc_and_succeeds_over_tcp() {
+    use dns_xdp_tests::{
+        dns::{Client, Responder},
+        loader::Loader,
+        netns::{Pair, SERVER_V4},
+    };
+    use std::net::SocketAddr;
+
+    let pair = Pair::new().unwrap();
+    let server = SocketAddr::new(SERVER_V4.parse().unwrap(), 53);
+    let _responder = pair
+        .server
+        .run(move || Responder::bind(&[server]))
+        .unwrap()
+        .unwrap();
+    let limits = [
+        "--rate", "1/min", "--burst", "1", "--levels", "none", "--slip", "1",
+    ];
+    let server_loader = Loader::attach(&pair.server, &limits).unwrap();
+    // XDP_TX on veth needs an XDP program on the peer: the client side gets one too.
+    let _client_loader = Loader::attach(&pair.client, &[]).unwrap();
+
+    let (first, second, over_tcp) = pair
+        .client
+        .run(move || {
+            let client = Client::default();
+            let first = client.udp(server, &dns_query(1, "example.com")).unwrap();
+            let second = client.udp(server, &dns_query(2, "example.com")).unwrap();
+            let over_tcp = client.tcp(server, &dns_query(3, "example.com"));
+            (first, second, over_tcp)
+        })
+        .unwrap();
+    assert_eq!(
+        first[2] & 0x02,
+        0,
+        "the first query is answered by the server"
+    );
+    assert_eq!(
+        second[2] & 0x82,
+        0x82,
+        "the second gets a truncated reply from XDP"
+    );
+    assert_eq!(second[6..12], [0; 6], "with no records");
+    assert!(
+        over_tcp.is_ok(),
+        "the retry over TCP succeeds: {over_tcp:?}"
+    );
+    let (_, report) = server_loader.interrupt().unwrap();
+    assert_eq!(report["counters"]["slipped"], 1, "{report}");
+}
