@@ -86,37 +86,31 @@ pub struct Maps {
 impl Maps {
     /// Takes the maps out of a loaded object (the programs keep using them).
     pub fn from_ebpf(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
-        let mut take = |name: &str| {
+        Self::assemble(|name| {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing"))
-        };
-        Ok(Self {
-            config: take("CONFIG")?,
-            config_slot: take("CONFIG_SLOT")?,
-            counters: take("COUNTERS")?,
-            egress: take("EGRESS_COUNTERS")?,
-            sources: take("SOURCES")?,
-            list_v4: take("LIST_V4")?,
-            list_v6: take("LIST_V6")?,
         })
     }
 
     /// Opens the maps a running (or killed) loader pinned in `dir`.
     pub fn from_pins(dir: &Path) -> anyhow::Result<Self> {
-        let open = |name: &str| -> anyhow::Result<Map> {
+        Self::assemble(|name| {
             let path = dir.join(name);
             let data =
                 MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
             Ok(Map::from_map_data(data)?)
-        };
+        })
+    }
+
+    fn assemble(mut get: impl FnMut(&str) -> anyhow::Result<Map>) -> anyhow::Result<Self> {
         Ok(Self {
-            config: open("CONFIG")?,
-            config_slot: open("CONFIG_SLOT")?,
-            counters: open("COUNTERS")?,
-            egress: open("EGRESS_COUNTERS")?,
-            sources: open("SOURCES")?,
-            list_v4: open("LIST_V4")?,
-            list_v6: open("LIST_V6")?,
+            config: get("CONFIG")?,
+            config_slot: get("CONFIG_SLOT")?,
+            counters: get("COUNTERS")?,
+            egress: get("EGRESS_COUNTERS")?,
+            sources: get("SOURCES")?,
+            list_v4: get("LIST_V4")?,
+            list_v6: get("LIST_V6")?,
         })
     }
 

@@ -31,6 +31,15 @@ fn answer(query: &mut [u8]) {
 }
 
 impl Responder {
+    /// Answers on the server side of a `Pair`: 198.18.0.1 and 2001:2::1, port 53.
+    pub fn serve(server: &crate::netns::Netns) -> anyhow::Result<Self> {
+        let addrs: Vec<SocketAddr> = [crate::netns::SERVER_V4, crate::netns::SERVER_V6]
+            .iter()
+            .map(|ip| SocketAddr::new(ip.parse().expect("an address"), 53))
+            .collect();
+        server.run(move || Self::bind(&addrs))?
+    }
+
     /// Binds UDP and TCP port 53 on each address. Call from inside the server namespace
     /// (the sockets stay there; the serving threads need not).
     pub fn bind(addrs: &[SocketAddr]) -> anyhow::Result<Self> {

@@ -82,12 +82,7 @@ fn world() -> (Pair, Responder) {
         child.wait().unwrap().success(),
         "loading the stateful rules"
     );
-    let server = SocketAddr::new(SERVER_V4.parse().unwrap(), 53);
-    let responder = pair
-        .server
-        .run(move || Responder::bind(&[server]))
-        .unwrap()
-        .unwrap();
+    let responder = Responder::serve(&pair.server).unwrap();
     (pair, responder)
 }
 

@@ -112,12 +112,7 @@ fn a_running_instance_is_operated_from_other_processes_and_survives_sigkill() {
             .ip(&["addr", "add", &format!("{addr}/24"), "dev", LINK])
             .unwrap();
     }
-    let server = SocketAddr::new(SERVER_V4.parse().unwrap(), 53);
-    let _responder = pair
-        .server
-        .run(move || Responder::bind(&[server]))
-        .unwrap()
-        .unwrap();
+    let _responder = Responder::serve(&pair.server).unwrap();
     let bpffs = BpfFs::new().unwrap();
     let config = std::env::temp_dir().join(format!("dns-xdp-operate-{}.toml", std::process::id()));
     std::fs::write(

@@ -203,11 +203,7 @@ fn over_veth_a_slipped_client_gets_tc_and_succeeds_over_tcp() {
 
     let pair = Pair::new().unwrap();
     let server = SocketAddr::new(SERVER_V4.parse().unwrap(), 53);
-    let _responder = pair
-        .server
-        .run(move || Responder::bind(&[server]))
-        .unwrap()
-        .unwrap();
+    let _responder = Responder::serve(&pair.server).unwrap();
     let limits = [
         "--rate", "1/min", "--burst", "1", "--levels", "none", "--slip", "1",
     ];

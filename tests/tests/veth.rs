@@ -30,11 +30,7 @@ fn server(ip: &str) -> SocketAddr {
 #[test]
 fn queries_and_answers_over_veth_are_counted_and_ctrl_c_detaches() {
     let pair = Pair::new().expect("creating namespaces");
-    let responder = pair
-        .server
-        .run(|| Responder::bind(&[server(SERVER_V4), server(SERVER_V6)]))
-        .unwrap()
-        .expect("binding the responder");
+    let responder = Responder::serve(&pair.server).expect("binding the responder");
     let server_loader = Loader::attach(&pair.server, &[]).expect("attaching on the server side");
     let client_loader = Loader::attach(&pair.client, &[]).expect("attaching on the client side");
     assert!(pair.server.xdp_attached(LINK) && pair.client.xdp_attached(LINK));

@@ -31,11 +31,7 @@ fn an_abusive_source_is_held_to_its_rate_and_named_while_others_lose_nothing() {
             .unwrap();
     }
     let server = SocketAddr::new(SERVER_V4.parse().unwrap(), 53);
-    let responder = pair
-        .server
-        .run(move || Responder::bind(&[server]))
-        .unwrap()
-        .unwrap();
+    let responder = Responder::serve(&pair.server).unwrap();
     let loader = Loader::attach(
         &pair.server,
         &[
