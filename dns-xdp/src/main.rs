@@ -238,6 +238,10 @@ async fn attach(options: Options, daemon: bool, json: bool) -> anyhow::Result<()
     let iface = options.iface()?.to_owned();
     let settings = options.settings()?;
     let pin_root = options.pin_root();
+    let listener = match options.metrics_addr() {
+        Some(addr) => Some((addr, metrics::bind(addr).await?)),
+        None => None,
+    };
     let mut attachment = Attachment::attach(&iface, options.mode(), &settings, &pin_root)?;
     let limit = match settings.rate {
         Some(rate) => format!(
@@ -283,13 +287,22 @@ async fn attach(options: Options, daemon: bool, json: bool) -> anyhow::Result<()
             Err(error) => log::warn!("could not check the filter rules: {error:#}"),
         }
     }
-    let server = match options.metrics_addr() {
-        Some(addr) => {
-            let maps = Maps::from_pins(&pin_dir(&pin_root, &iface))?;
-            let server = metrics::serve(addr, maps, iface.clone(), options.top()).await?;
-            log::info!("metrics on http://{addr}/metrics");
-            Some(tokio::spawn(server))
-        }
+    let server = match listener {
+        Some((addr, listener)) => match Maps::from_pins(&pin_dir(&pin_root, &iface)) {
+            Ok(maps) => {
+                log::info!("metrics on http://{addr}/metrics");
+                Some(tokio::spawn(metrics::serve(
+                    listener,
+                    maps,
+                    iface.clone(),
+                    options.top(),
+                )))
+            }
+            Err(error) => {
+                log::error!("metrics unavailable: {error:#}");
+                None
+            }
+        },
         None => None,
     };
     let result = run_until_signal(&mut attachment, &options, json).await;

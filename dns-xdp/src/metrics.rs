@@ -205,23 +205,24 @@ async fn metrics(State(scrape): State<Arc<Scrape>>) -> impl IntoResponse {
     }
 }
 
-/// Binds `addr` now (so a taken port fails the start) and returns the server to run.
-pub async fn serve(
-    addr: SocketAddr,
+/// Binds the metrics address: done before attaching, so a taken or missing address
+/// fails the start with nothing attached.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("binding the metrics address {addr} (--metrics-addr; `off` to disable)")
+    })
+}
+
+/// The metrics server on `listener`, reading `maps`; to be spawned.
+pub fn serve(
+    listener: tokio::net::TcpListener,
     maps: Maps,
     iface: String,
     top: usize,
-) -> anyhow::Result<impl Future<Output = std::io::Result<()>> + Send + 'static + use<>> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!("binding the metrics address {addr} (--metrics-addr; `off` to disable)")
-    })?;
-    let state = Arc::new(Scrape {
-        maps,
-        iface: iface.to_owned(),
-        top,
-    });
+) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
+    let state = Arc::new(Scrape { maps, iface, top });
     let app = Router::new()
         .route("/metrics", get(metrics))
         .with_state(state);
-    Ok(axum::serve(listener, app).into_future())
+    axum::serve(listener, app).into_future()
 }

@@ -72,7 +72,15 @@ fn second_attach_is_refused_and_the_first_keeps_running() {
     for mode in ["auto", "skb"] {
         let output = dns_xdp(
             Some(&pair.server),
-            &["attach", "--iface", LINK, "--mode", mode],
+            &[
+                "attach",
+                "--iface",
+                LINK,
+                "--mode",
+                mode,
+                "--metrics-addr",
+                "off",
+            ],
         );
         assert_refused(
             &output,
@@ -168,4 +176,30 @@ fn a_config_file_with_an_unknown_key_is_refused() {
     let output = dns_xdp(None, &["run", "--config", path.to_str().unwrap()]);
     let _ = std::fs::remove_file(&path);
     assert_refused(&output, 1, "unknown field `rate-limit`");
+}
+
+#[test]
+fn a_taken_metrics_address_fails_the_start_before_anything_is_attached() {
+    let pair = Pair::new().unwrap();
+    // The first instance serves metrics on the namespace's 127.0.0.1:9553.
+    let first = Loader::attach(&pair.server, &[]).unwrap();
+    let output = dns_xdp(Some(&pair.server), &["attach", "--iface", "lo"]);
+    assert_refused(&output, 1, "binding the metrics address 127.0.0.1:9553");
+    assert!(!pair.server.xdp_attached("lo"), "nothing attached to lo");
+    let tables = pair
+        .server
+        .command("nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    let tables = String::from_utf8_lossy(&tables.stdout);
+    assert!(
+        !tables.contains("dns_xdp_lo"),
+        "no bypass rules for lo: {tables}"
+    );
+    assert!(
+        pair.server.xdp_attached(LINK),
+        "the first instance is untouched"
+    );
+    drop(first);
 }
