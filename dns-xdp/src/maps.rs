@@ -73,6 +73,45 @@ pub struct ListReport {
     pub hits: u64,
 }
 
+/// Key and value sizes of every pinned map, as this build lays them out.
+fn layouts() -> [(&'static str, usize, usize); 7] {
+    use std::mem::size_of;
+    [
+        ("CONFIG", 4, size_of::<dns_xdp_common::Config>()),
+        ("CONFIG_SLOT", 4, 4),
+        ("COUNTERS", 4, size_of::<Counters>()),
+        ("EGRESS_COUNTERS", 4, size_of::<EgressCounters>()),
+        ("SOURCES", size_of::<SourceKey>(), size_of::<SourceState>()),
+        ("LIST_V4", 4 + 4, size_of::<ListEntry>()),
+        ("LIST_V6", 4 + 16, size_of::<ListEntry>()),
+    ]
+}
+
+/// Checks that the maps pinned in `dir` have this build's layout, so a loader never
+/// adopts maps an older or newer build laid out differently.
+pub fn check_pinned_layout(dir: &Path) -> anyhow::Result<()> {
+    for (name, key_size, value_size) in layouts() {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapData::from_pin(&path)
+            .with_context(|| format!("opening {}", path.display()))?
+            .info()?;
+        if (info.key_size() as usize, info.value_size() as usize) != (key_size, value_size) {
+            bail!(
+                "the maps pinned in {} come from a dns-xdp build with another layout ({name}: \
+                 key {} / value {} bytes, this build {key_size} / {value_size}); remove them with \
+                 `dns-xdp detach` first",
+                dir.display(),
+                info.key_size(),
+                info.value_size()
+            );
+        }
+    }
+    Ok(())
+}
+
 pub struct Maps {
     config: Map,
     config_slot: Map,

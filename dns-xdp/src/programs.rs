@@ -18,7 +18,7 @@ use aya::{
 
 use crate::{
     conntrack,
-    maps::{Maps, PINNED_MAPS},
+    maps::{Maps, PINNED_MAPS, check_pinned_layout},
     pins::{self, InstanceLock},
     settings::Settings,
 };
@@ -84,6 +84,7 @@ impl Programs {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries("SOURCES", settings.table_size);
         if let Some(dir) = pins {
+            check_pinned_layout(dir)?;
             for name in PINNED_MAPS {
                 loader.map_pin_path(name, dir.join(name));
             }
@@ -195,8 +196,10 @@ impl Attachment {
         pins::prepare(pin_root, &dir)?;
         let lock = InstanceLock::acquire(&dir, iface)?;
         let adopting = dir.join(XDP_LINK_PIN).exists();
+        // Pins this attach did not make are not its to remove when it fails.
+        let had_pins = std::fs::read_dir(&dir).is_ok_and(|mut entries| entries.next().is_some());
         let result = Self::attach_locked(iface, mode, settings, &dir, adopting, lock);
-        if result.is_err() && !adopting {
+        if result.is_err() && !adopting && !had_pins {
             let _ = conntrack::remove(iface);
             let _ = pins::remove_all(&dir);
         }

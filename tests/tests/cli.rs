@@ -203,3 +203,42 @@ fn a_taken_metrics_address_fails_the_start_before_anything_is_attached() {
     );
     drop(first);
 }
+
+#[test]
+fn pins_from_a_build_with_another_layout_are_refused() {
+    let pair = Pair::new().unwrap();
+    let bpffs = dns_xdp_tests::loader::BpfFs::new().unwrap();
+    let dir = bpffs.path().join(LINK);
+    std::fs::create_dir_all(&dir).unwrap();
+    // A CONFIG map as some other build might have pinned it: the wrong value size.
+    let created = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(dir.join("CONFIG"))
+        .args([
+            "type", "array", "key", "4", "value", "8", "entries", "2", "name", "CONFIG",
+        ])
+        .status()
+        .expect("running bpftool");
+    assert!(created.success());
+    let output = dns_xdp(
+        Some(&pair.server),
+        &[
+            "attach",
+            "--iface",
+            LINK,
+            "--metrics-addr",
+            "off",
+            &bpffs.arg(),
+        ],
+    );
+    assert_refused(
+        &output,
+        1,
+        "come from a dns-xdp build with another layout (CONFIG",
+    );
+    assert!(!pair.server.xdp_attached(LINK), "nothing attached");
+    assert!(
+        dir.join("CONFIG").exists(),
+        "the foreign pin is left for `detach`"
+    );
+}

@@ -42,6 +42,7 @@ const TEST_COMMANDS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("nft", "nftables"),
     ("conntrack", "conntrack"),
+    ("bpftool", "bpftool"),
 ];
 
 fn main() -> anyhow::Result<()> {
