@@ -1,0 +1,67 @@
+//! Flood generator programs for the lab and the end-to-end benchmark (no maps).
+//!
+//! They are run with BPF_PROG_TEST_RUN in live-frames mode (`BPF_F_TEST_XDP_LIVE_FRAMES`)
+//! on an IPv4/UDP DNS query template whose UDP checksum is 0: each run gets a fresh copy
+//! of the template (or the same page again, as this program left it), the program picks a
+//! source address and returns `XDP_TX`, and the kernel transmits the frame out of the
+//! interface named by the context's `ingress_ifindex` (a veth: it arrives at the peer).
+
+use aya_ebpf::{
+    bindings::xdp_action, helpers::bpf_get_prandom_u32, macros::xdp, programs::XdpContext,
+};
+
+/// Ethernet (14) + IPv4 header without options (20): the bytes these programs touch.
+const HEADERS: usize = 34;
+/// Offset of the IPv4 header checksum in the frame.
+const IP_CHECKSUM: usize = 14 + 10;
+/// Offset of the low 16 bits of the IPv4 source address.
+const SOURCE_LOW: usize = 14 + 12 + 2;
+
+/// Replaces the 16-bit word at `SOURCE_LOW` by `new` and patches the IPv4 header checksum
+/// incrementally (RFC 1624: HC' = ~(~HC + ~m + m')); works in any byte order as long as
+/// all three words are read the same way.
+#[inline(always)]
+fn set_source_low(ctx: &XdpContext, new: u16) -> u32 {
+    let start = ctx.data();
+    if start + HEADERS > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    let checksum = (start + IP_CHECKSUM) as *mut u16;
+    let source = (start + SOURCE_LOW) as *mut u16;
+    // SAFETY: both words lie within [data, data + HEADERS), checked against data_end.
+    unsafe {
+        let old = source.read_unaligned();
+        let mut sum = u32::from(!checksum.read_unaligned()) + u32::from(!old) + u32::from(new);
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        source.write_unaligned(new);
+        checksum.write_unaligned(!(sum as u16));
+    }
+    xdp_action::XDP_TX
+}
+
+/// A distributed spoofed flood: the low 16 bits of the source address are random, so a
+/// template from a.b.0.0 comes from up to 65 536 sources of a.b.0.0/16.
+#[xdp]
+pub fn flood_spoofed(ctx: XdpContext) -> u32 {
+    // SAFETY: a helper without arguments.
+    let random = unsafe { bpf_get_prandom_u32() };
+    set_source_low(&ctx, random as u16)
+}
+
+/// A concentrated flood: four sources (the template's address with its last octet
+/// replaced by 1 to 4).
+#[xdp]
+pub fn flood_few(ctx: XdpContext) -> u32 {
+    // SAFETY: a helper without arguments.
+    let random = unsafe { bpf_get_prandom_u32() };
+    let start = ctx.data();
+    if start + HEADERS > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: within the bounds checked above.
+    let third = unsafe { *((start + SOURCE_LOW) as *const u8) };
+    // The word as it sits in memory: its first byte is the third octet.
+    let word = u16::from_ne_bytes([third, (random & 3) as u8 + 1]);
+    set_source_low(&ctx, word)
+}
