@@ -126,6 +126,40 @@ pub const fn gcra_ceiling(now: u64, limit: &Limit) -> u64 {
     now + limit.tolerance_ns + limit.interval_ns
 }
 
+/// Whether a bucket that admitted a query with its new theoretical arrival time `tat` is
+/// heavy: it has spent more than half its burst (`tat - now` is the part in use).
+#[inline(always)]
+pub const fn is_heavy(tat: u64, now: u64, limit: &Limit) -> bool {
+    let in_use = tat.saturating_sub(now);
+    // The burst spans tolerance + interval.
+    in_use > (limit.tolerance_ns + limit.interval_ns) / 2
+}
+
+/// Server budget admission: a GCRA at the budget's rate with two tolerances. A heavy
+/// query conforms while the budget's `tat` runs at most the burst tolerance ahead of
+/// now; a light one while it runs at most twice that plus one interval, a reserve of
+/// one more burst that only light queries can draw. Returns the new `tat`, or `None`
+/// if the query is to be shed.
+///
+/// Under sustained overload the admitted total is the budget's rate: light queries
+/// are served first and heavy ones get what light ones leave; with only light (or only
+/// heavy) queries it is first come, first served, so each source is shed in proportion
+/// to what it sends.
+#[inline(always)]
+pub const fn budget_gcra(tat: u64, now: u64, limit: &Limit, heavy: bool) -> Option<u64> {
+    let tat = if tat > now { tat } else { now };
+    let tolerance = if heavy {
+        limit.tolerance_ns
+    } else {
+        limit.tolerance_ns * 2 + limit.interval_ns
+    };
+    if tat - now > tolerance {
+        None
+    } else {
+        Some(tat + limit.interval_ns)
+    }
+}
+
 /// Config flag: count would-be drops, drop nothing.
 pub const FLAG_DRY_RUN: u16 = 1;
 /// Config flag: the IPv4 allow/deny list has entries (else its lookup is skipped).
@@ -189,6 +223,9 @@ pub struct Config {
     pub allowed_opcodes: u16,
     /// Answer one in `slip` rate-limited UDP queries with a truncated reply; 0: never.
     pub slip: u32,
+    /// The server budget: queries/s the server behind can answer, shared by all
+    /// sources (`budget_gcra`); off when its interval is 0.
+    pub budget: Limit,
 }
 
 /// Prefix levels limited at once.
@@ -479,6 +516,11 @@ counters! {
     NotQueryOpcode => "not_query_opcode",
     /// UDP to a DNS port whose question count is not 1.
     NotQueryQdcount => "not_query_qdcount",
+    /// Queries every level admitted, shed because the server budget was spent and their
+    /// source or prefix is heavy (has spent more than half a burst at some level).
+    BudgetShedHeavy => "budget_shed_heavy",
+    /// Queries from light sources shed because even the budget's reserve was spent.
+    BudgetShedLight => "budget_shed_light",
 }
 
 counters! {
@@ -551,8 +593,19 @@ impl EgressCounter {
         })
     }
 }
+impl Counters {
+    /// Counts a refusal at prefix level `index`. Arithmetic on the index, not a table
+    /// lookup: the verifier cannot bound a value read from a constant table.
+    #[inline(always)]
+    pub fn bump_level_limited(&mut self, index: usize) {
+        if index < MAX_LEVELS {
+            self.values[Counter::RateLimitedLevel0 as usize + index] += 1;
+        }
+    }
+}
+
 impl Counter {
-    /// The counter of refusals at each level.
+    /// The counter of refusals at each level (contiguous: `bump_level_limited`).
     pub const LEVEL_LIMITED: [Counter; MAX_LEVELS] = [
         Counter::RateLimitedLevel0,
         Counter::RateLimitedLevel1,
@@ -906,6 +959,67 @@ mod tests {
         let now = u64::MAX - (MAX_TOLERANCE_NS + 2 * NS_PER_SEC);
         assert!(gcra(0, now, &limit).is_some());
         assert!(gcra(now + limit.tolerance_ns, now, &limit).is_some());
+    }
+
+    #[test]
+    fn level_counters_are_contiguous() {
+        for (index, &counter) in Counter::LEVEL_LIMITED.iter().enumerate() {
+            let mut counters = Counters::default();
+            counters.bump_level_limited(index);
+            assert_eq!(counters.get(counter), 1);
+            assert_eq!(counters.values.iter().sum::<u64>(), 1);
+        }
+    }
+
+    #[test]
+    fn heavy_means_more_than_half_a_burst_in_use() {
+        let limit = per_second(10, 20); // interval 100 ms, burst 20 = 2 s of tat ahead
+        let now = 100 * NS_PER_SEC;
+        assert!(!is_heavy(now + limit.interval_ns, now, &limit));
+        assert!(!is_heavy(now + NS_PER_SEC, now, &limit)); // exactly half
+        assert!(is_heavy(now + NS_PER_SEC + 1, now, &limit));
+        assert!(!is_heavy(now - 5, now, &limit));
+    }
+
+    /// Admissions at one instant, heavy and light, from an idle budget.
+    fn budget_admissions(limit: &Limit, heavy_first: u64, light_then: u64) -> (u64, u64) {
+        let now = 50 * NS_PER_SEC;
+        let mut tat = 0;
+        let mut admitted = (0, 0);
+        for (count, heavy) in [(heavy_first, true), (light_then, false)] {
+            for _ in 0..count {
+                if let Some(next) = budget_gcra(tat, now, limit, heavy) {
+                    tat = next;
+                    if heavy {
+                        admitted.0 += 1;
+                    } else {
+                        admitted.1 += 1;
+                    }
+                }
+            }
+        }
+        admitted
+    }
+
+    #[test]
+    fn the_budget_keeps_a_reserve_for_light_queries() {
+        let limit = per_second(1000, 100);
+        // Heavy queries get the burst and no more; light ones still find a second burst.
+        assert_eq!(budget_admissions(&limit, 1000, 1000), (100, 100));
+        // Light queries alone get both bursts.
+        assert_eq!(budget_admissions(&limit, 0, 1000), (0, 200));
+        // Over time, the budget's rate: 1 s of heavy arrivals every 100 µs (10 000/s)
+        // gets 1 000/s plus the burst.
+        let mut tat = 0;
+        let mut admitted = 0;
+        for step in 0..10_000u64 {
+            let now = NS_PER_SEC + step * 100_000;
+            if let Some(next) = budget_gcra(tat, now, &limit, true) {
+                tat = next;
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted, 100 + 1000 - 1);
     }
 
     #[test]

@@ -13,7 +13,8 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use aya_ebpf::{
     bindings::{TC_ACT_UNSPEC, xdp_action},
-    helpers::bpf_ktime_get_ns,
+    cty::c_void,
+    helpers::{bpf_ktime_get_ns, bpf_loop},
     macros::{classifier, map, xdp},
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::{TcContext, XdpContext},
@@ -22,7 +23,7 @@ use aya_log_ebpf::error;
 use dns_xdp_common::{
     Class, Config, Counter, Counters, DEFAULT_TABLE_SIZE, EgressCounter, EgressCounters, L4,
     LIST_ALLOW, Level, Limit, ListEntry, MAX_LEVELS, MAX_LIST_ENTRIES, SourceKey, SourceState,
-    gcra, gcra_ceiling, query_defect,
+    budget_gcra, gcra, gcra_ceiling, is_heavy, query_defect,
 };
 use parse::{Frame, Transport};
 
@@ -49,6 +50,10 @@ static EGRESS_COUNTERS: PerCpuArray<EgressCounters> = PerCpuArray::with_max_entr
 #[map]
 static SOURCES: LruHashMap<SourceKey, SourceState> =
     LruHashMap::with_max_entries(DEFAULT_TABLE_SIZE, 0);
+
+/// The server budget's GCRA theoretical arrival time, shared by all CPUs; written here only.
+#[map]
+static BUDGET: Array<u64> = Array::with_max_entries(1, 0);
 
 /// IPv4 allow/deny prefixes with hit counters; entries written by the loader, hits counted here.
 #[map]
@@ -187,34 +192,42 @@ fn police_query(
     if !config.limited() {
         return xdp_action::XDP_PASS;
     }
-    let now = unsafe { bpf_ktime_get_ns() };
-    // Narrowest level first: a source over its own limit is refused before it can
-    // spend the aggregate buckets it shares with its neighbours.
-    let mut refused = None;
-    for index in 0..MAX_LEVELS {
-        let level = &config.levels[index];
-        if !level.limit.is_on() {
-            continue;
-        }
-        let mut key = source.key(level, index as u8);
-        key.tcp = u8::from(transport.l4 == L4::Tcp);
-        if let Some(state) = charge(key, now, &level.limit, counters) {
-            counters.bump(Counter::LEVEL_LIMITED[index]);
-            refused = Some(state);
-            break;
-        }
-    }
-    // One refusal path after the loop, so the verifier walks it once, not per level.
-    let Some(state) = refused else {
-        counters.bump(Counter::RatePassed);
-        return xdp_action::XDP_PASS;
+    let mut walk = LevelWalk {
+        config,
+        counters,
+        source,
+        now: unsafe { bpf_ktime_get_ns() },
+        tcp: u8::from(transport.l4 == L4::Tcp),
+        refused: false,
+        heavy: false,
     };
-    counters.bump(Counter::RateLimited);
-    if config.dry_run() {
-        atomic_add(&mut state.would_drop, 1);
+    // One verified step per level (bpf_loop): unrolled, four levels of compare-and-swap
+    // loops multiply the paths the verifier walks past its 1M-instruction budget.
+    // SAFETY: the callback reads and writes `walk` only, which outlives the call.
+    unsafe {
+        bpf_loop(
+            MAX_LEVELS as u32,
+            level_step as *mut c_void,
+            core::ptr::from_mut(&mut walk).cast(),
+            0,
+        )
+    };
+    if !walk.refused {
+        if !config.budget.is_on() || spend_budget(walk.now, &config.budget, walk.heavy) {
+            counters.bump(Counter::RatePassed);
+            return xdp_action::XDP_PASS;
+        }
+        counters.bump(if walk.heavy {
+            Counter::BudgetShedHeavy
+        } else {
+            Counter::BudgetShedLight
+        });
         return refuse(config, counters);
     }
-    atomic_add(&mut state.dropped, 1);
+    counters.bump(Counter::RateLimited);
+    if config.dry_run() {
+        return refuse(config, counters);
+    }
     // Slip one in N refused UDP queries (N counted per CPU): a truncated reply sends a
     // real client to TCP, where spoofing cannot follow.
     if transport.l4 == L4::Udp
@@ -230,15 +243,95 @@ fn police_query(
     xdp_action::XDP_DROP
 }
 
-/// Charges one query to the bucket of `key`. Returns the bucket's state if it refused
-/// the query; `None` if it admitted it (or could not be stored: fail open, counted).
-#[inline(always)]
-fn charge(
-    key: SourceKey,
+/// One query's walk over the prefix levels: `bpf_loop`'s context, on the caller's stack.
+struct LevelWalk {
+    config: *const Config,
+    counters: *mut Counters,
+    source: Source,
     now: u64,
-    limit: &Limit,
-    counters: &mut Counters,
-) -> Option<&'static mut SourceState> {
+    /// 1 for a TCP connection attempt: charged to buckets of its own.
+    tcp: u8,
+    /// A level refused the query (the walk stops there).
+    refused: bool,
+    /// A level that admitted the query has spent more than half its burst.
+    heavy: bool,
+}
+
+/// Charges the query to level `index`'s bucket (narrowest level first: a source over
+/// its own limit is refused before it spends the aggregate buckets of its neighbours).
+/// Returns 1 to stop the walk at a refusal, 0 to go on.
+extern "C" fn level_step(index: u64, walk: *mut c_void) -> i64 {
+    // SAFETY: `walk` is the `LevelWalk` police_query handed to bpf_loop.
+    let walk = unsafe { &mut *walk.cast::<LevelWalk>() };
+    // SAFETY: map values the caller looked up; the caller waits for the walk.
+    let (config, counters) = unsafe { (&*walk.config, &mut *walk.counters) };
+    let index = index as usize;
+    let Some(level) = config.levels.get(index) else {
+        return 1;
+    };
+    if !level.limit.is_on() {
+        return 0;
+    }
+    let mut key = walk.source.key(level, index as u8);
+    key.tcp = walk.tcp;
+    match charge(key, walk.now, &level.limit, counters) {
+        Charged::Admitted { heavy } => {
+            walk.heavy |= heavy;
+            0
+        }
+        Charged::Refused(state) => {
+            counters.bump_level_limited(index);
+            if config.dry_run() {
+                atomic_add(&mut state.would_drop, 1);
+            } else {
+                atomic_add(&mut state.dropped, 1);
+            }
+            walk.refused = true;
+            1
+        }
+    }
+}
+
+/// What charging a bucket did.
+enum Charged {
+    /// Admitted (or not stored: fail open, counted); `heavy` if the bucket has spent
+    /// more than half its burst.
+    Admitted {
+        heavy: bool,
+    },
+    Refused(&'static mut SourceState),
+}
+
+/// Spends one query of the server budget. Heavy queries (from a source or prefix
+/// that has spent more than half a burst at some level) may use the budget's burst;
+/// light ones also a reserve of one more burst that heavy ones cannot touch.
+#[inline(always)]
+fn spend_budget(now: u64, limit: &Limit, heavy: bool) -> bool {
+    let Some(tat) = BUDGET.get_ptr_mut(0) else {
+        return true;
+    };
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        // SAFETY: `tat` is an aligned u64 in a map value.
+        let current = unsafe { core::ptr::read_volatile(tat) };
+        let Some(next) = budget_gcra(current, now, limit, heavy) else {
+            return false;
+        };
+        // SAFETY: as above.
+        let (_, swapped) = unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                tat, current, next,
+            )
+        };
+        if swapped {
+            return true;
+        }
+    }
+    false
+}
+
+/// Charges one query to the bucket of `key`.
+#[inline(always)]
+fn charge(key: SourceKey, now: u64, limit: &Limit, counters: &mut Counters) -> Charged {
     let state = match SOURCES.get_ptr_mut(key) {
         Some(state) => state,
         None => {
@@ -252,19 +345,21 @@ fn charge(
             match SOURCES.insert(key, fresh, BPF_NOEXIST) {
                 Ok(()) => {
                     counters.bump(Counter::SourcesCreated);
-                    return None;
+                    return Charged::Admitted {
+                        heavy: is_heavy(fresh.tat_ns, now, limit),
+                    };
                 }
                 // Another CPU created it first: take from its bucket below.
                 Err(EEXIST) => match SOURCES.get_ptr_mut(key) {
                     Some(state) => state,
                     None => {
                         counters.bump(Counter::TableFull);
-                        return None;
+                        return Charged::Admitted { heavy: false };
                     }
                 },
                 Err(_) => {
                     counters.bump(Counter::TableFull);
-                    return None;
+                    return Charged::Admitted { heavy: false };
                 }
             }
         }
@@ -272,20 +367,23 @@ fn charge(
     // SAFETY: `state` points into the map value; every field is updated atomically.
     let state = unsafe { &mut *state };
     match take(&mut state.tat_ns, now, limit) {
-        Take::Admitted => {
+        Take::Admitted(tat) => {
             atomic_add(&mut state.passed, 1);
-            None
+            Charged::Admitted {
+                heavy: is_heavy(tat, now, limit),
+            }
         }
-        Take::Refused => Some(state),
+        Take::Refused => Charged::Refused(state),
         Take::Contended => {
             counters.bump(Counter::RateContended);
-            Some(state)
+            Charged::Refused(state)
         }
     }
 }
 
 enum Take {
-    Admitted,
+    /// Admitted; the bucket's new theoretical arrival time.
+    Admitted(u64),
     Refused,
     Contended,
 }
@@ -318,7 +416,7 @@ fn take(tat: *mut u64, now: u64, limit: &Limit) -> Take {
                     )
                 };
                 if swapped {
-                    return Take::Admitted;
+                    return Take::Admitted(next);
                 }
             }
         }

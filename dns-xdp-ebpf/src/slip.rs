@@ -3,12 +3,20 @@
 //! client retries over TCP, where a spoofed source cannot follow. The reply is the
 //! query's headers and question, so it is never larger than the query: no amplification.
 //!
-//! IPv4 only for now: over IPv6 the reply needs a UDP checksum over the whole message,
-//! a loop the verifier cannot afford beside the buckets (it exceeds the 1M-instruction
-//! budget); IPv6 queries are dropped instead.
+//! The variable-length parts (walking the question name, the UDP checksum over the
+//! message) go through helpers and a `bpf_loop` step verified once, not loops over
+//! packet pointers: those would be walked again for every header layout the parser
+//! leaves, which the verifier's budget cannot afford.
 
 use aya_ebpf::{
-    helpers::{bpf_xdp_adjust_tail, bpf_xdp_get_buff_len},
+    bindings::xdp_md,
+    cty::c_void,
+    helpers::{
+        bpf_csum_diff, bpf_loop, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
+        bpf_xdp_store_bytes,
+    },
+    macros::map,
+    maps::PerCpuArray,
     programs::XdpContext,
 };
 use dns_xdp_common::{DNS_HEADER_LEN, fold_checksum};
@@ -17,40 +25,68 @@ use crate::parse::{Frame, Transport};
 
 /// Labels walked in a question name: enough for an ip6.arpa name (34); a query with a
 /// longer name is dropped instead of slipped.
-const MAX_LABELS: usize = 40;
+const MAX_LABELS: u32 = 40;
+
+/// The longest reply message: header, a name of at most 255 bytes and its terminator,
+/// type and class.
+const MAX_REPLY_LEN: usize = DNS_HEADER_LEN + 256 + 4;
+/// The UDP pseudo-header as summed here: 32 address bytes (IPv4's 8, then zeros), then
+/// zero, protocol and UDP length. Sums the same as either family's pseudo-header.
+const PSEUDO_LEN: usize = 36;
+const UDP_HEADER_LEN: usize = 8;
+const SCRATCH_LEN: usize = PSEUDO_LEN + UDP_HEADER_LEN + MAX_REPLY_LEN + 4;
+
+/// Per-CPU scratch for the reply's UDP checksum: pseudo-header, UDP header and message,
+/// zero-padded to a multiple of 4 bytes for `bpf_csum_diff`. Written and read here only.
+#[map]
+static SCRATCH: PerCpuArray<[u8; SCRATCH_LEN]> = PerCpuArray::with_max_entries(1, 0);
+
+const IPPROTO_UDP: u8 = 17;
 
 /// Rewrites the query `transport` describes into its truncated reply and trims the
-/// frame. `None` when the query cannot be answered this way (then it is dropped).
+/// frame. `None` when the query cannot be answered this way (then it is dropped): a name
+/// too long or malformed, or IPv6 extension headers (which a reply would have to mirror).
 #[inline(always)]
 pub fn truncated_reply(ctx: &XdpContext, transport: &Transport) -> Option<()> {
     let frame = Frame::new(ctx.data(), ctx.data_end());
     let dns = transport.payload;
-    let reply_len = question_end(&frame, dns, transport.payload_len)? - dns;
-    let udp = dns - 8;
-    let l3 = transport.l3;
-    if transport.ipv6 {
-        // Over IPv6 the reply needs a UDP checksum over the whole message, a loop the
-        // verifier cannot afford beside the buckets: IPv6 queries are dropped, not slipped.
+    let reply_len = question_end(ctx, dns, transport.payload_len)? - dns;
+    if reply_len > MAX_REPLY_LEN {
         return None;
     }
+    let udp = dns - UDP_HEADER_LEN;
+    let l3 = transport.l3;
+    let udp_len = UDP_HEADER_LEN + reply_len;
 
     // Each header is bounds-checked once as a whole and edited at constant offsets:
     // the verifier follows that, not pointers the compiler derives backwards.
+    let addresses = if transport.ipv6 {
+        let ip = header::<40>(&frame, l3)?;
+        if ip[6] != IPPROTO_UDP || udp != l3 + 40 {
+            return None;
+        }
+        ip[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+        ip[7] = 64; // hop limit
+        swap(ip, 8, 24, 16);
+        (l3 + 8, 32)
+    } else {
+        let ip = header::<20>(&frame, l3)?;
+        let header_len = usize::from(ip[0] & 0x0f) * 4;
+        ip[2..4].copy_from_slice(&((header_len + udp_len) as u16).to_be_bytes());
+        ip[6..8].copy_from_slice(&[0x40, 0]); // DF, no fragment
+        ip[8] = 64; // TTL
+        ip[10..12].copy_from_slice(&[0, 0]);
+        swap(ip, 12, 16, 4);
+        let checksum = ipv4_header_checksum(&frame, l3, header_len)?;
+        ip[10..12].copy_from_slice(&checksum.to_be_bytes());
+        (l3 + 12, 8)
+    };
     let eth = header::<12>(&frame, 0)?;
     swap(eth, 0, 6, 6);
-    let ip = header::<20>(&frame, l3)?;
-    let header_len = usize::from(ip[0] & 0x0f) * 4;
-    ip[2..4].copy_from_slice(&((header_len + 8 + reply_len) as u16).to_be_bytes());
-    ip[6..8].copy_from_slice(&[0x40, 0]); // DF, no fragment
-    ip[8] = 64; // TTL
-    ip[10..12].copy_from_slice(&[0, 0]);
-    swap(ip, 12, 16, 4);
-    let checksum = ipv4_header_checksum(&frame, l3, header_len)?;
-    ip[10..12].copy_from_slice(&checksum.to_be_bytes());
     // The UDP header and the DNS header after it, as one span.
-    let l4 = header::<{ 8 + DNS_HEADER_LEN }>(&frame, udp)?;
+    let l4 = header::<{ UDP_HEADER_LEN + DNS_HEADER_LEN }>(&frame, udp)?;
     swap(l4, 0, 2, 2);
-    l4[4..6].copy_from_slice(&((8 + reply_len) as u16).to_be_bytes());
+    l4[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
     l4[6..8].copy_from_slice(&[0, 0]);
     // DNS: QR=1 and TC=1 (RD kept), RA/Z/AD/CD and RCODE cleared, no records.
     l4[8 + 2] = (l4[8 + 2] & 0x79) | 0x82;
@@ -65,29 +101,141 @@ pub fn truncated_reply(ctx: &XdpContext, transport: &Transport) -> Option<()> {
     if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta as i32) } != 0 {
         return None;
     }
-    Some(())
+    let checksum = udp_checksum(ctx.ctx, addresses, udp, udp_len)?;
+    // SAFETY: two bytes inside the trimmed frame (the UDP checksum field).
+    let stored = unsafe {
+        bpf_xdp_store_bytes(
+            ctx.ctx,
+            (udp + 6) as u32,
+            core::ptr::from_ref(&checksum).cast_mut().cast(),
+            2,
+        )
+    };
+    (stored == 0).then_some(())
 }
 
-/// Where the question (name, type, class) after the DNS header at `dns` ends.
+/// The UDP checksum (in memory order, ready to store) of the datagram of `udp_len`
+/// bytes at `udp` whose addresses are the `addresses` (offset, length) span.
 #[inline(always)]
-fn question_end(frame: &Frame, dns: usize, len: usize) -> Option<usize> {
-    let start = dns + DNS_HEADER_LEN;
-    let mut at = start;
-    for _ in 0..MAX_LABELS {
-        // Two-byte reads: the verifier cannot bound a one-byte one; a label or the
-        // terminator is always followed by at least one more byte of the question.
-        let label = (read_be16(frame, at)? >> 8) as usize;
-        if label == 0 {
-            let end = at + 1 + 4;
-            return (end <= dns + len).then_some(end);
-        }
-        // A compression pointer or a reserved label type has no place in a query.
-        if label > 63 || at + 1 + label - start > 255 {
+fn udp_checksum(
+    ctx: *mut xdp_md,
+    (addresses, addresses_len): (usize, usize),
+    udp: usize,
+    udp_len: usize,
+) -> Option<[u8; 2]> {
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch; XDP programs do not nest on a CPU.
+    let scratch = unsafe { &mut *scratch };
+    if addresses_len > 32 || udp_len > UDP_HEADER_LEN + MAX_REPLY_LEN || udp_len == 0 {
+        return None;
+    }
+    scratch[..32].fill(0);
+    // Zero the word the message ends in: the padding must not add to the sum.
+    let padded = (udp_len + 3) & !3;
+    let tail = PSEUDO_LEN + padded - 4;
+    scratch.get_mut(tail..tail + 4)?.fill(0);
+    let [len_high, len_low] = (udp_len as u16).to_be_bytes();
+    scratch[32..PSEUDO_LEN].copy_from_slice(&[0, IPPROTO_UDP, len_high, len_low]);
+    // SAFETY: helper reads from our frame into bounded spans of the scratch buffer.
+    unsafe {
+        if bpf_xdp_load_bytes(
+            ctx,
+            addresses as u32,
+            scratch.as_mut_ptr().cast(),
+            addresses_len as u32,
+        ) != 0
+            || bpf_xdp_load_bytes(
+                ctx,
+                udp as u32,
+                scratch.as_mut_ptr().add(PSEUDO_LEN).cast(),
+                udp_len as u32,
+            ) != 0
+        {
             return None;
         }
-        at += 1 + label;
     }
-    None
+    // SAFETY: sums `PSEUDO_LEN + padded` bytes of the scratch buffer (a multiple of 4).
+    let sum = unsafe {
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            scratch.as_mut_ptr().cast(),
+            (PSEUDO_LEN + padded) as u32,
+            0,
+        )
+    };
+    if sum < 0 {
+        return None;
+    }
+    // The sum is of little-endian words read from memory: stored back the same way,
+    // its bytes are the network-order checksum. 0 means "no checksum": send 0xffff.
+    let checksum = match fold_checksum(sum as u64 & 0xffff_ffff) {
+        0 => 0xffff,
+        checksum => checksum,
+    };
+    Some(checksum.to_ne_bytes())
+}
+
+/// Where the question (name, type, class) after the DNS header at `dns` ends: a
+/// `bpf_loop` over the labels.
+#[inline(always)]
+fn question_end(ctx: &XdpContext, dns: usize, len: usize) -> Option<usize> {
+    let start = (dns + DNS_HEADER_LEN) as u32;
+    let mut walk = NameWalk {
+        ctx: ctx.ctx,
+        start,
+        at: start,
+        message_end: (dns + len) as u32,
+        end: 0,
+    };
+    // SAFETY: the callback reads and writes `walk` only, which outlives the call.
+    unsafe {
+        bpf_loop(
+            MAX_LABELS,
+            label_step as *mut c_void,
+            core::ptr::from_mut(&mut walk).cast(),
+            0,
+        )
+    };
+    (walk.end != 0).then_some(walk.end as usize)
+}
+
+/// A walk over a question name: `bpf_loop`'s context, on the caller's stack.
+struct NameWalk {
+    ctx: *mut xdp_md,
+    /// Where the name starts and the label being read.
+    start: u32,
+    at: u32,
+    /// Where the DNS message ends.
+    message_end: u32,
+    /// Where the question ends, once found; 0 until then (or if it is malformed).
+    end: u32,
+}
+
+/// Reads the label at `walk.at`: 0 to go on to the next, 1 to stop (end found or
+/// malformed).
+extern "C" fn label_step(_index: u64, walk: *mut c_void) -> i64 {
+    // SAFETY: `walk` is the `NameWalk` question_end handed to bpf_loop.
+    let walk = unsafe { &mut *walk.cast::<NameWalk>() };
+    let mut label = 0u8;
+    // SAFETY: a one-byte read from the frame into a local.
+    if unsafe { bpf_xdp_load_bytes(walk.ctx, walk.at, (&raw mut label).cast(), 1) } != 0 {
+        return 1;
+    }
+    let label = u32::from(label);
+    if label == 0 {
+        let end = walk.at + 1 + 4;
+        if end <= walk.message_end {
+            walk.end = end;
+        }
+        return 1;
+    }
+    // A compression pointer or a reserved label type has no place in a query.
+    if label > 63 || walk.at + 1 + label - walk.start > 255 {
+        return 1;
+    }
+    walk.at += 1 + label;
+    0
 }
 
 /// The `N` bytes at `offset`, bounds-checked, writable (XDP frames are).

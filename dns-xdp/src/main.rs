@@ -153,6 +153,12 @@ struct SetArgs {
     /// Replace the aggregate levels: `none` or `V4/V6:RATE:BURST,...`.
     #[arg(long, value_name = "LEVELS", value_parser = dns_xdp::settings::parse_levels)]
     levels: Option<Levels>,
+    /// Server budget (N, N/s, N/min), or `off`.
+    #[arg(long, value_name = "RATE")]
+    budget: Option<String>,
+    /// Burst of the server budget [default: a tenth of a second of --budget].
+    #[arg(long, value_name = "N", requires = "budget")]
+    budget_burst: Option<u32>,
 }
 
 #[derive(clap::Args)]
@@ -507,6 +513,16 @@ fn set(args: &SetArgs) -> anyhow::Result<()> {
     }
     if let Some(slip) = args.slip {
         config.slip = slip;
+    }
+    if let Some(budget) = &args.budget {
+        let budget = match budget.as_str() {
+            "off" => None,
+            rate => Some(
+                rate.parse::<Rate>()
+                    .map_err(|error| anyhow::anyhow!("--budget: {error}"))?,
+            ),
+        };
+        config.budget = dns_xdp::settings::budget_limit(budget, args.budget_burst)?;
     }
     maps.set_config(&config)?;
     println!("{}: {}", args.instance.iface, status::config_json(&config));

@@ -188,6 +188,15 @@ pub struct Options {
     /// dropping it, so real clients retry over TCP; 0: never [default: 0].
     #[arg(long, value_name = "N")]
     pub slip: Option<u32>,
+    /// Server budget: queries/s the server behind can answer (N, N/s, N/min). Above it,
+    /// queries from heavy sources and prefixes (more than half a burst spent at some
+    /// level) are shed first; light ones keep a reserve. Without it: no budget.
+    #[arg(long, value_name = "RATE")]
+    #[serde(default, deserialize_with = "rate")]
+    pub budget: Option<Rate>,
+    /// Burst of the server budget [default: a tenth of a second of --budget].
+    #[arg(long, value_name = "N")]
+    pub budget_burst: Option<u32>,
     /// Print the counters every SECONDS (the final counters are always printed on exit).
     #[arg(long, value_name = "SECONDS", value_parser = parse_interval)]
     #[serde(default, deserialize_with = "interval")]
@@ -239,6 +248,8 @@ impl Options {
             opcodes: self.opcodes.or(file.opcodes),
             levels: self.levels.or(file.levels),
             slip: self.slip.or(file.slip),
+            budget: self.budget.or(file.budget),
+            budget_burst: self.budget_burst.or(file.budget_burst),
             stats_interval: self.stats_interval.or(file.stats_interval),
             top: self.top.or(file.top),
             metrics_addr: self.metrics_addr.or(file.metrics_addr),
@@ -300,6 +311,8 @@ impl Options {
             opcodes: self.opcodes.unwrap_or(defaults.opcodes),
             levels: self.levels.clone().unwrap_or(defaults.levels),
             slip: self.slip.unwrap_or(defaults.slip),
+            budget: self.budget,
+            budget_burst: self.budget_burst,
         };
         settings.validate()?;
         Ok(settings)

@@ -190,6 +190,29 @@ pub struct Settings {
     pub levels: Levels,
     /// Answer one in `slip` rate-limited UDP queries with a truncated reply; 0: never.
     pub slip: u32,
+    /// Queries/s the server behind can answer; `None`: no budget.
+    pub budget: Option<Rate>,
+    /// The budget's burst; `None`: a tenth of a second's worth.
+    pub budget_burst: Option<u32>,
+}
+
+/// The kernel form of a server budget (`Limit::OFF` without one). The burst defaults to
+/// a tenth of a second of the budget: enough for arrivals to bunch up, too little to
+/// let a flood through before the budget bites.
+pub fn budget_limit(budget: Option<Rate>, burst: Option<u32>) -> anyhow::Result<Limit> {
+    let Some(rate) = budget else {
+        return Ok(Limit::OFF);
+    };
+    let burst = burst.map_or_else(
+        || {
+            (u128::from(rate.packets) * u128::from(NS_PER_SEC) / u128::from(rate.period_ns) / 10)
+                .max(1) as u64
+        },
+        u64::from,
+    );
+    ensure!(burst >= 1, "--budget-burst must be at least 1");
+    Limit::new(rate.packets, rate.period_ns, burst)
+        .with_context(|| format!("--budget {rate} with a burst of {burst} is out of range"))
 }
 
 /// Parses `query,notify,update` (names or numbers 0-15) into a bit set.
@@ -238,6 +261,8 @@ impl Default for Settings {
             opcodes: DEFAULT_OPCODES,
             levels: Levels::Auto,
             slip: 0,
+            budget: None,
+            budget_burst: None,
         }
     }
 }
@@ -274,6 +299,11 @@ impl Settings {
                 format!("--rate {rate} with --burst {} is out of range", self.burst)
             })?;
         }
+        ensure!(
+            self.budget.is_some() || self.budget_burst.is_none(),
+            "--budget-burst needs --budget"
+        );
+        budget_limit(self.budget, self.budget_burst)?;
         for level in self.aggregate_levels() {
             ensure!(
                 level.v4_prefix <= 32 && level.v6_prefix <= 128,
@@ -358,6 +388,7 @@ impl Settings {
             flags: self.flags(),
             allowed_opcodes: self.opcodes,
             slip: self.slip,
+            budget: budget_limit(self.budget, self.budget_burst)?,
         })
     }
 

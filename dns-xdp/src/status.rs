@@ -176,6 +176,16 @@ pub fn config_json(config: &Config) -> Value {
     value["dry_run"] = json!(config.dry_run());
     value["dns_sanity"] = json!(config.sanity());
     value["slip"] = json!(config.slip);
+    value["budget"] = config
+        .budget
+        .is_on()
+        .then(|| {
+            json!({
+                "rate_per_s": NS_PER_SEC as f64 / config.budget.interval_ns as f64,
+                "burst": config.budget.burst(),
+            })
+        })
+        .into();
     value["opcodes"] = json!(
         (0..16u8)
             .filter(|opcode| config.allowed_opcodes & (1 << opcode) != 0)

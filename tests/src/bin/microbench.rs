@@ -172,6 +172,15 @@ fn main() -> anyhow::Result<()> {
             "ratio": program / baseline,
         }));
     }
+    let verified = harnesses[0]
+        .programs()
+        .xdp(XDP_PROGRAM)?
+        .info()?
+        .verified_instruction_count()
+        .unwrap_or(0);
+    markdown.push_str(&format!(
+        "\nThe verifier walked {verified} instructions to load `{XDP_PROGRAM}` (its limit is 1 000 000).\n"
+    ));
     println!("BPF_PROG_TEST_RUN, {REPEAT} runs per call, median of {ROUNDS} alternating rounds\n");
     print!("{markdown}");
     fs::create_dir_all(&out_dir)?;
