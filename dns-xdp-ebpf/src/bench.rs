@@ -10,26 +10,32 @@ use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_get_prandom_u32, macros::xdp, programs::XdpContext,
 };
 
-/// Ethernet (14) + IPv4 header without options (20): the bytes these programs touch.
-const HEADERS: usize = 34;
+/// Ethernet (14) + IPv4 header without options (20) + UDP source port: the bytes these
+/// programs touch.
+const HEADERS: usize = 36;
 /// Offset of the IPv4 header checksum in the frame.
 const IP_CHECKSUM: usize = 14 + 10;
 /// Offset of the low 16 bits of the IPv4 source address.
 const SOURCE_LOW: usize = 14 + 12 + 2;
+/// Offset of the UDP source port (the template's IPv4 header has no options).
+const SOURCE_PORT: usize = 34;
 
 /// Replaces the 16-bit word at `SOURCE_LOW` by `new` and patches the IPv4 header checksum
 /// incrementally (RFC 1624: HC' = ~(~HC + ~m + m')); works in any byte order as long as
-/// all three words are read the same way.
+/// all three words are read the same way. The UDP source port becomes `port` (the UDP
+/// checksum is 0: nothing to patch), so every frame is a new flow for conntrack.
 #[inline(always)]
-fn set_source_low(ctx: &XdpContext, new: u16) -> u32 {
+fn set_source(ctx: &XdpContext, new: u16, port: u16) -> u32 {
     let start = ctx.data();
     if start + HEADERS > ctx.data_end() {
         return xdp_action::XDP_ABORTED;
     }
     let checksum = (start + IP_CHECKSUM) as *mut u16;
     let source = (start + SOURCE_LOW) as *mut u16;
-    // SAFETY: both words lie within [data, data + HEADERS), checked against data_end.
+    let source_port = (start + SOURCE_PORT) as *mut u16;
+    // SAFETY: the three words lie within [data, data + HEADERS), checked against data_end.
     unsafe {
+        source_port.write_unaligned(port | 1024);
         let old = source.read_unaligned();
         let mut sum = u32::from(!checksum.read_unaligned()) + u32::from(!old) + u32::from(new);
         sum = (sum & 0xffff) + (sum >> 16);
@@ -41,16 +47,17 @@ fn set_source_low(ctx: &XdpContext, new: u16) -> u32 {
 }
 
 /// A distributed spoofed flood: the low 16 bits of the source address are random, so a
-/// template from a.b.0.0 comes from up to 65 536 sources of a.b.0.0/16.
+/// template from a.b.0.0 comes from up to 65 536 sources of a.b.0.0/16 (and random
+/// source ports).
 #[xdp]
 pub fn flood_spoofed(ctx: XdpContext) -> u32 {
     // SAFETY: a helper without arguments.
     let random = unsafe { bpf_get_prandom_u32() };
-    set_source_low(&ctx, random as u16)
+    set_source(&ctx, random as u16, (random >> 16) as u16)
 }
 
 /// A concentrated flood: four sources (the template's address with its last octet
-/// replaced by 1 to 4).
+/// replaced by 1 to 4), random source ports.
 #[xdp]
 pub fn flood_few(ctx: XdpContext) -> u32 {
     // SAFETY: a helper without arguments.
@@ -63,5 +70,5 @@ pub fn flood_few(ctx: XdpContext) -> u32 {
     let third = unsafe { *((start + SOURCE_LOW) as *const u8) };
     // The word as it sits in memory: its first byte is the third octet.
     let word = u16::from_ne_bytes([third, (random & 3) as u8 + 1]);
-    set_source_low(&ctx, word)
+    set_source(&ctx, word, (random >> 16) as u16)
 }

@@ -2,6 +2,8 @@
 //! reference classifier, BPF_PROG_TEST_RUN, and network namespaces joined by veth.
 
 pub mod dns;
+pub mod flood;
+pub mod lab;
 pub mod loader;
 pub mod netns;
 pub mod packet;

@@ -1,0 +1,379 @@
+//! A flood generator for the lab and the end-to-end benchmark: BPF_PROG_TEST_RUN in
+//! live-frames mode. The kernel runs a tiny XDP program (dns-xdp-ebpf/src/bench.rs) on
+//! copies of a DNS query frame; the program picks a (spoofed) source address and returns
+//! `XDP_TX`, and the kernel transmits each frame out of a veth in the sender's namespace,
+//! so it arrives at the peer (the server) as if a NIC had received it. No socket, no skb
+//! on the sending side: millions of frames per second per CPU when nothing downstream is
+//! the bottleneck.
+//!
+//! On veth, frames sent this way (`ndo_xdp_xmit`) are dropped unless the receiving end
+//! runs NAPI: an XDP program attached there (dns-xdp) or GRO enabled on it
+//! (`ethtool -K <dev> gro on`).
+
+use std::{
+    fs::File,
+    net::Ipv4Addr,
+    os::fd::AsRawFd,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use aya::{
+    EbpfLoader,
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
+};
+
+use crate::packet::{dns_query, internet_checksum};
+
+/// The two kinds of flood.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Four sources (the base address with last octet 1 to 4), each far above any
+    /// per-source limit.
+    Concentrated,
+    /// Up to 65 536 spoofed sources (the base address's /16, low 16 bits random).
+    Spoofed,
+}
+
+impl Kind {
+    fn program(self) -> &'static str {
+        match self {
+            Kind::Concentrated => "flood_few",
+            Kind::Spoofed => "flood_spoofed",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Concentrated => "concentrated",
+            Kind::Spoofed => "spoofed",
+        }
+    }
+}
+
+/// Where and what to send.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub kind: Kind,
+    /// Namespace holding the sending interface (`/var/run/netns/<name>`).
+    pub netns: String,
+    /// The sending interface (a veth whose peer is the target).
+    pub iface: String,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    /// Source address the program varies (its /16 or its last octet).
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    /// The name asked for.
+    pub qname: String,
+    /// Frames per second in total; `None`: as fast as possible.
+    pub rate: Option<u64>,
+    /// Sending threads (one per CPU at most is useful).
+    pub threads: usize,
+}
+
+/// The frame every run starts from: Ethernet, IPv4 (no options), UDP to port 53 with a
+/// zero checksum (valid for IPv4, so the program need not fix it), a DNS query.
+pub fn template(spec: &Spec) -> Vec<u8> {
+    let payload = dns_query(0x4242, &spec.qname);
+    let udp_len = 8 + payload.len();
+    let mut frame = Vec::with_capacity(14 + 20 + udp_len);
+    frame.extend(spec.dst_mac);
+    frame.extend(spec.src_mac);
+    frame.extend(0x0800u16.to_be_bytes());
+    let mut ip = vec![0x45, 0];
+    ip.extend(((20 + udp_len) as u16).to_be_bytes());
+    ip.extend([0, 0, 0x40, 0, 64, 17, 0, 0]);
+    ip.extend(spec.src.octets());
+    ip.extend(spec.dst.octets());
+    let checksum = internet_checksum(&ip);
+    ip[10..12].copy_from_slice(&checksum.to_be_bytes());
+    frame.extend(ip);
+    frame.extend(40000u16.to_be_bytes());
+    frame.extend(53u16.to_be_bytes());
+    frame.extend((udp_len as u16).to_be_bytes());
+    frame.extend([0, 0]);
+    frame.extend(payload);
+    frame
+}
+
+/// A running flood; stops (and joins its threads) on `stop` or drop.
+pub struct Flood {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    started: Instant,
+    threads: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// What a flood did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Report {
+    /// Frames the kernel ran the program on (each returned `XDP_TX`).
+    pub sent: u64,
+    pub elapsed: Duration,
+}
+
+impl Report {
+    pub fn rate(&self) -> f64 {
+        self.sent as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Frames per kernel call when sending as fast as possible (the kernel stops early on a
+/// signal or when the CPU is needed elsewhere, and the call is simply repeated).
+const MAX_CALL: u32 = 1 << 18;
+/// Frames per batch inside the kernel (its limit is 256).
+const BATCH: u32 = 64;
+/// Pacing interval for fixed rates.
+const SLICE: Duration = Duration::from_millis(1);
+
+impl Flood {
+    /// Loads the program once per thread and starts sending.
+    pub fn start(spec: &Spec) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let frame = Arc::new(template(spec));
+        let threads = spec.threads.max(1);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut handles = Vec::new();
+        for index in 0..threads {
+            let share = spec.rate.map(|rate| {
+                rate / threads as u64 + u64::from((index as u64) < rate % threads as u64)
+            });
+            let (spec, stop, sent, frame, ready) = (
+                spec.clone(),
+                stop.clone(),
+                sent.clone(),
+                frame.clone(),
+                ready_tx.clone(),
+            );
+            handles.push(thread::spawn(move || {
+                let setup = prepare(&spec, index);
+                let program = match setup {
+                    Ok(program) => {
+                        let _ = ready.send(Ok(()));
+                        program
+                    }
+                    Err(error) => {
+                        let _ = ready.send(Err(format!("{error:#}")));
+                        return Err(error);
+                    }
+                };
+                send(&program, &frame, share, &stop, &sent)
+            }));
+        }
+        let mut flood = Self {
+            stop,
+            sent,
+            started: Instant::now(),
+            threads: handles,
+        };
+        for _ in 0..threads {
+            match ready_rx.recv_timeout(Duration::from_secs(20)) {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    flood.halt();
+                    bail!("flood generator: {error}");
+                }
+                Err(_) => {
+                    flood.halt();
+                    bail!("flood generator: a thread did not start within 20 s");
+                }
+            }
+        }
+        flood.started = Instant::now();
+        flood.sent.store(0, Ordering::Relaxed);
+        Ok(flood)
+    }
+
+    /// Frames sent so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    fn halt(&mut self) -> Vec<anyhow::Result<()>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads
+            .drain(..)
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("flood thread panicked")))
+            })
+            .collect()
+    }
+
+    /// Stops sending; fails if a thread failed.
+    pub fn stop(mut self) -> anyhow::Result<Report> {
+        let results = self.halt();
+        let report = Report {
+            sent: self.sent(),
+            elapsed: self.started.elapsed(),
+        };
+        for result in results {
+            result?;
+        }
+        Ok(report)
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// Pins this thread to CPU `index`, joins the namespace and loads the program.
+fn prepare(spec: &Spec, index: usize) -> anyhow::Result<Loaded> {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+        libc::CPU_SET(index % cpus, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+    let netns = File::open(format!("/var/run/netns/{}", spec.netns))
+        .with_context(|| format!("opening namespace {}", spec.netns))?;
+    // SAFETY: setns on a valid namespace fd affects only this thread.
+    if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!("setns: {}", std::io::Error::last_os_error());
+    }
+    let name = std::ffi::CString::new(spec.iface.as_str())?;
+    // SAFETY: a valid NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        bail!("no interface {} in {}", spec.iface, spec.netns);
+    }
+    let mut loader = EbpfLoader::new();
+    // The object's maps are created with it; keep the big one small (unused here).
+    loader.map_max_entries("SOURCES", 16);
+    let mut ebpf = loader.load(dns_xdp::programs::ebpf_object()?)?;
+    let name = spec.kind.program();
+    let program: &mut Xdp = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))?
+        .try_into()?;
+    program.load()?;
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+    // egress_ifindex. data_end must be the frame's length.
+    let frame_len = template(spec).len() as u32;
+    let context: Vec<u8> = [0, frame_len, 0, ifindex, 0, 0]
+        .iter()
+        .flat_map(|word: &u32| word.to_ne_bytes())
+        .collect();
+    Ok(Loaded {
+        ebpf,
+        name,
+        context,
+    })
+}
+
+/// A thread's own copy of the object with its program loaded, and the run context.
+struct Loaded {
+    ebpf: aya::Ebpf,
+    name: &'static str,
+    context: Vec<u8>,
+}
+
+fn run(program: &Xdp, frame: &[u8], context: &[u8], count: u32) -> anyhow::Result<()> {
+    let mut options = TestRunOptions::new();
+    options.data_in = Some(frame);
+    options.ctx_in = Some(context);
+    options.repeat = count;
+    options.attrs = TestRunAttrs::new().xdp_live_frames(BATCH);
+    program
+        .test_run(options)
+        .context("BPF_PROG_TEST_RUN with live frames (kernel 5.18 or later)")?;
+    Ok(())
+}
+
+fn send(
+    loaded: &Loaded,
+    frame: &[u8],
+    rate: Option<u64>,
+    stop: &AtomicBool,
+    sent: &AtomicU64,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut done: u64 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let count = match rate {
+            None => MAX_CALL,
+            Some(0) => {
+                thread::sleep(SLICE);
+                continue;
+            }
+            Some(rate) => {
+                // Catch up with the schedule, at most 50 ms of it at once.
+                let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+                let owed = due.saturating_sub(done).min(rate / 20 + 1);
+                if owed == 0 {
+                    thread::sleep(SLICE);
+                    continue;
+                }
+                owed as u32
+            }
+        };
+        let program: &Xdp = loaded
+            .ebpf
+            .program(loaded.name)
+            .context("program vanished")?
+            .try_into()?;
+        run(program, frame, &loaded.context, count)?;
+        done += u64::from(count);
+        sent.fetch_add(u64::from(count), Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// The MAC address of `iface` in namespace `netns`.
+pub fn mac_of(netns: &str, iface: &str) -> anyhow::Result<[u8; 6]> {
+    let output = crate::netns::ip(&["-n", netns, "-j", "link", "show", "dev", iface])?;
+    let links: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let text = links[0]["address"]
+        .as_str()
+        .with_context(|| format!("no address for {iface} in {netns}"))?;
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(text.split(':')) {
+        *byte = u8::from_str_radix(part, 16)?;
+    }
+    Ok(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_template_is_a_valid_query_with_a_zero_udp_checksum() {
+        let spec = Spec {
+            kind: Kind::Spoofed,
+            netns: String::new(),
+            iface: String::new(),
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: [2, 0, 0, 0, 0, 2],
+            src: Ipv4Addr::new(198, 19, 0, 0),
+            dst: Ipv4Addr::new(198, 18, 0, 1),
+            qname: "www.lab.example".into(),
+            rate: None,
+            threads: 1,
+        };
+        let frame = template(&spec);
+        let packet = etherparse::SlicedPacket::from_ethernet(&frame).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(ip)) = packet.net else {
+            panic!("not IPv4");
+        };
+        let header = ip.header().to_header();
+        assert_eq!(header.calc_header_checksum(), header.header_checksum);
+        let Some(etherparse::TransportSlice::Udp(udp)) = packet.transport else {
+            panic!("not UDP");
+        };
+        assert_eq!(udp.destination_port(), 53);
+        assert_eq!(udp.checksum(), 0);
+    }
+}
