@@ -9,7 +9,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -33,31 +33,59 @@ fn answer(query: &mut [u8]) {
 impl Responder {
     /// Answers on the server side of a `Pair`: 198.18.0.1 and 2001:2::1, port 53.
     pub fn serve(server: &crate::netns::Netns) -> anyhow::Result<Self> {
+        Self::serve_at_most(server, None)
+    }
+
+    /// Like `serve`, but a server that answers at most `capacity` UDP queries per second
+    /// per address, from a deep receive queue: beyond its capacity, queries wait longer
+    /// and longer (then overflow), as they do when a real server saturates.
+    pub fn serve_at_most(
+        server: &crate::netns::Netns,
+        capacity: Option<u32>,
+    ) -> anyhow::Result<Self> {
         let addrs: Vec<SocketAddr> = [crate::netns::SERVER_V4, crate::netns::SERVER_V6]
             .iter()
             .map(|ip| SocketAddr::new(ip.parse().expect("an address"), 53))
             .collect();
-        server.run(move || Self::bind(&addrs))?
+        server.run(move || Self::bind(&addrs, capacity))?
     }
 
     /// Binds UDP and TCP port 53 on each address. Call from inside the server namespace
     /// (the sockets stay there; the serving threads need not).
-    pub fn bind(addrs: &[SocketAddr]) -> anyhow::Result<Self> {
+    pub fn bind(addrs: &[SocketAddr], capacity: Option<u32>) -> anyhow::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         for &addr in addrs {
             let udp = UdpSocket::bind(addr).with_context(|| format!("binding udp {addr}"))?;
             udp.set_read_timeout(Some(POLL))?;
+            let batch = capacity.map(|capacity| {
+                set_receive_buffer(&udp, LIMITED_RECEIVE_BUFFER);
+                (capacity / TICKS_PER_SECOND).max(1)
+            });
             let tcp = TcpListener::bind(addr).with_context(|| format!("binding tcp {addr}"))?;
             tcp.set_nonblocking(true)?;
             let stop_udp = stop.clone();
             threads.push(thread::spawn(move || {
                 let mut buf = vec![0u8; 65536];
                 while !stop_udp.load(Ordering::Relaxed) {
-                    if let Ok((len, peer)) = udp.recv_from(&mut buf) {
+                    let Some(batch) = batch else {
+                        if let Ok((len, peer)) = udp.recv_from(&mut buf) {
+                            answer(&mut buf[..len]);
+                            let _ = udp.send_to(&buf[..len], peer);
+                        }
+                        continue;
+                    };
+                    // Capacity-limited: at most `batch` queries per tick, in whatever
+                    // order the socket queued them (an idle tick banks no credit).
+                    let tick = Instant::now() + Duration::from_secs(1) / TICKS_PER_SECOND;
+                    for _ in 0..batch {
+                        let Ok((len, peer)) = udp.recv_from(&mut buf) else {
+                            break;
+                        };
                         answer(&mut buf[..len]);
                         let _ = udp.send_to(&buf[..len], peer);
                     }
+                    thread::sleep(tick.saturating_duration_since(Instant::now()));
                 }
             }));
             let stop_tcp = stop.clone();
@@ -73,6 +101,30 @@ impl Responder {
             }));
         }
         Ok(Self { stop, threads })
+    }
+}
+
+/// A capacity-limited responder works in ticks: 100 a second, a batch each, as a server
+/// reading with recvmmsg would. Serving one query every 1/capacity instead would let
+/// a trickle of queries in between the bursts a paced flood generator sends.
+const TICKS_PER_SECOND: u32 = 100;
+
+/// Receive buffer of a capacity-limited responder (the kernel doubles it): thousands of
+/// queries, seconds of work at the capacities tests use.
+const LIMITED_RECEIVE_BUFFER: libc::c_int = 4 << 20;
+
+fn set_receive_buffer(socket: &UdpSocket, bytes: libc::c_int) {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: setsockopt with a valid fd and an int option value.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            // As root: beyond net.core.rmem_max.
+            libc::SO_RCVBUFFORCE,
+            (&raw const bytes).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }
 

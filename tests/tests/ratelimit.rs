@@ -563,3 +563,49 @@ fn a_distributed_flood_under_the_per_source_limit_is_caught_by_the_aggregate_lev
         "per-source limiting alone lets it all through"
     );
 }
+
+#[test]
+fn over_budget_heavy_sources_are_shed_first_and_light_ones_keep_a_reserve() {
+    // Per source: burst 4 (heavy from the 3rd query on: more than half spent). Budget:
+    // burst 3 for heavy queries, a reserve of 3 more for light ones. No refill during
+    // the test (1/hour).
+    let mut harness = Harness::with(&Settings {
+        budget: Some("1/hour".parse().unwrap()),
+        budget_burst: Some(3),
+        ..limited("1/hour", 4)
+    })
+    .unwrap();
+    // Each source sends 4 queries in turn: (source, admitted, shed heavy, shed light).
+    let expected = [
+        // Budget use 0 → 3: two light queries, then a heavy one fits the burst; the
+        // 4th (heavy) does not.
+        ("198.18.1.1", 3, 1, 0),
+        // Light queries draw on the reserve (4, 5); its heavy ones are shed.
+        ("198.18.2.1", 2, 2, 0),
+        // The last of the reserve, then even a light query is shed.
+        ("198.18.3.1", 1, 2, 1),
+    ];
+    for (src, passed, heavy, light) in expected {
+        let before = (
+            counter(&mut harness, Counter::BudgetShedHeavy),
+            counter(&mut harness, Counter::BudgetShedLight),
+        );
+        assert_eq!(
+            admitted(&mut harness, &query_v4(v4(src)), 4),
+            passed,
+            "{src}"
+        );
+        let shed = (
+            counter(&mut harness, Counter::BudgetShedHeavy) - before.0,
+            counter(&mut harness, Counter::BudgetShedLight) - before.1,
+        );
+        assert_eq!(shed, (heavy, light), "{src}: shed heavy, light");
+    }
+    // Shedding by the budget is not a bucket refusal: no level counted it.
+    assert_eq!(counter(&mut harness, Counter::RateLimited), 0);
+    // Live: `set --budget off` (a zero limit) lets everything the levels admit through.
+    let mut config = harness.programs().maps().config().unwrap();
+    config.budget = dns_xdp_common::Limit::OFF;
+    harness.programs().maps_mut().set_config(&config).unwrap();
+    assert_eq!(admitted(&mut harness, &query_v4(v4("198.18.4.1")), 4), 4);
+}
