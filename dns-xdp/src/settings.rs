@@ -45,7 +45,7 @@ impl FromStr for Rate {
             .map_err(|_| format!("{text:?} is not a rate (e.g. 10, 10/s, 600/min)"))?;
         if packets == 0 {
             return Err(
-                "a rate of 0 would refuse every query; leave --rate out to disable the limit"
+                "a rate of 0 would refuse every query; leave the option out to disable the limit"
                     .into(),
             );
         }

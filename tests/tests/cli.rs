@@ -143,6 +143,22 @@ fn bad_arguments_name_the_flag() {
         ),
         (&["attach", "--iface", "lo", "--rate", "0"][..], "rate of 0"),
         (
+            &["attach", "--iface", "lo", "--budget-burst", "9"][..],
+            "--budget-burst needs --budget",
+        ),
+        (
+            &[
+                "attach",
+                "--iface",
+                "lo",
+                "--budget",
+                "5000/s",
+                "--budget-burst",
+                "0",
+            ][..],
+            "--budget-burst must be at least 1",
+        ),
+        (
             &["set", "--iface", "lo", "--pin-root", "/nonexistent"][..],
             "no dns-xdp instance on lo",
         ),

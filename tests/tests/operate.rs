@@ -118,7 +118,7 @@ fn a_running_instance_is_operated_from_other_processes_and_survives_sigkill() {
     std::fs::write(
         &config,
         format!(
-            "iface = \"{LINK}\"\nrate = \"1000/s\"\nburst = 1000\nstats-interval = 0.1\n\
+            "iface = \"{LINK}\"\nrate = \"1000/s\"\nburst = 1000\nbudget = 5000\nstats-interval = 0.1\n\
              metrics-addr = \"127.0.0.1:9553\"\npin-root = \"{}\"\n",
             bpffs.path().display()
         ),
@@ -134,14 +134,20 @@ fn a_running_instance_is_operated_from_other_processes_and_survives_sigkill() {
     assert_eq!(status["xdp"]["name"], "dns_xdp", "{status}");
     assert_eq!(status["egress"][0]["name"], "dns_xdp_egress", "{status}");
     assert_eq!(status["config"]["rate_per_s"], 1000.0, "{status}");
+    assert_eq!(status["config"]["budget"]["rate_per_s"], 5000.0, "{status}");
+    assert_eq!(status["config"]["budget"]["burst"], 500, "{status}");
 
     // `set` is live: the very next queries obey the new limit.
     ok(
         &pair.server,
         &bpffs,
-        &["set", "--iface", LINK, "--rate", "1/min", "--burst", "3"],
+        &[
+            "set", "--iface", LINK, "--rate", "1/min", "--burst", "3", "--budget", "off",
+        ],
     );
     assert_eq!(answered(&pair.client, ABUSER, 20), 3, "burst 3 at 1/min");
+    let status = json(&pair.server, &bpffs, &["status", "--iface", LINK, "--json"]);
+    assert!(status["config"]["budget"].is_null(), "{status}");
     let top = json(&pair.server, &bpffs, &["top", "--iface", LINK, "--json"]);
     assert_eq!(top["top"][0]["prefix"], format!("{ABUSER}/32"), "{top}");
     assert_eq!(top["top"][0]["dropped"], 17, "{top}");
