@@ -72,6 +72,12 @@ fn main() -> anyhow::Result<()> {
             levels: Levels::Auto,
             ..settings(Some("10000000/s"), u32::MAX / 32, &[], &[])
         })?,
+        // 5: one level and a server budget, both always admitting.
+        Harness::with(&Settings {
+            budget: Some("1000000000/s".parse()?),
+            budget_burst: Some(u32::MAX),
+            ..settings(Some("1000000000/s"), u32::MAX, &[], &[])
+        })?,
     ];
     let paths = [
         Path {
@@ -120,6 +126,11 @@ fn main() -> anyhow::Result<()> {
         Path {
             name: "DNS query, buckets admit at 3 levels (/32, /24, /16)",
             harness: 4,
+            frame: udp4([198, 18, 0, 2]),
+        },
+        Path {
+            name: "DNS query, bucket and server budget admit",
+            harness: 5,
             frame: udp4([198, 18, 0, 2]),
         },
         Path {
