@@ -58,10 +58,20 @@ impl Responder {
         for &addr in addrs {
             let udp = UdpSocket::bind(addr).with_context(|| format!("binding udp {addr}"))?;
             udp.set_read_timeout(Some(POLL))?;
-            let batch = capacity.map(|capacity| {
-                set_receive_buffer(&udp, LIMITED_RECEIVE_BUFFER);
-                (capacity / TICKS_PER_SECOND).max(1)
-            });
+            let batch = match capacity {
+                Some(capacity) => {
+                    // As root: beyond net.core.rmem_max.
+                    set_option(
+                        &udp,
+                        libc::SOL_SOCKET,
+                        libc::SO_RCVBUFFORCE,
+                        LIMITED_RECEIVE_BUFFER,
+                    )
+                    .context("SO_RCVBUFFORCE")?;
+                    Some((capacity / TICKS_PER_SECOND).max(1))
+                }
+                None => None,
+            };
             let tcp = TcpListener::bind(addr).with_context(|| format!("binding tcp {addr}"))?;
             tcp.set_nonblocking(true)?;
             let stop_udp = stop.clone();
@@ -113,18 +123,28 @@ const TICKS_PER_SECOND: u32 = 100;
 /// queries, seconds of work at the capacities tests use.
 const LIMITED_RECEIVE_BUFFER: libc::c_int = 4 << 20;
 
-fn set_receive_buffer(socket: &UdpSocket, bytes: libc::c_int) {
+/// Sets an integer socket option.
+fn set_option(
+    socket: &UdpSocket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
     use std::os::fd::AsRawFd as _;
-    // SAFETY: setsockopt with a valid fd and an int option value.
-    unsafe {
+    // SAFETY: a valid socket, an int option and its length.
+    let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            // As root: beyond net.core.rmem_max.
-            libc::SO_RCVBUFFORCE,
-            (&raw const bytes).cast(),
+            level,
+            name,
+            (&raw const value).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
-        );
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -184,23 +204,13 @@ impl Client {
         };
         let socket = UdpSocket::bind(local)?;
         if self.fragment && server.is_ipv4() {
-            let dont: libc::c_int = libc::IP_PMTUDISC_DONT;
-            use std::os::fd::AsRawFd;
-            // SAFETY: a valid socket, option and option length.
-            let rc = unsafe {
-                libc::setsockopt(
-                    socket.as_raw_fd(),
-                    libc::IPPROTO_IP,
-                    libc::IP_MTU_DISCOVER,
-                    (&raw const dont).cast(),
-                    size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            anyhow::ensure!(
-                rc == 0,
-                "IP_MTU_DISCOVER: {}",
-                std::io::Error::last_os_error()
-            );
+            set_option(
+                &socket,
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                libc::IP_PMTUDISC_DONT,
+            )
+            .context("IP_MTU_DISCOVER")?;
         }
         socket.set_read_timeout(Some(self.timeout))?;
         socket.send_to(query, server)?;

@@ -74,7 +74,7 @@ fn main() -> anyhow::Result<()> {
         })?,
         // 5: one level and a server budget, both always admitting.
         Harness::with(&Settings {
-            budget: Some("1000000000/s".parse()?),
+            budget: Some("1000000000/s".parse().unwrap()),
             budget_burst: Some(u32::MAX),
             ..settings(Some("1000000000/s"), u32::MAX, &[], &[])
         })?,
