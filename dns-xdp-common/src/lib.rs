@@ -282,6 +282,12 @@ impl Config {
         false
     }
 
+    /// Whether queries are metered at all: by a prefix level or by the server budget.
+    #[inline(always)]
+    pub fn metered(&self) -> bool {
+        self.limited() || self.budget.is_on()
+    }
+
     /// Whether the allow/deny list of this family has entries to look up.
     #[inline(always)]
     pub const fn has_list(&self, ipv6: bool) -> bool {

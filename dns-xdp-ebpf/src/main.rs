@@ -169,7 +169,7 @@ fn police_query(
         L4::Tcp if !transport.syn => return xdp_action::XDP_PASS,
         _ => {}
     }
-    if !config.limited() && !config.has_list(transport.ipv6) {
+    if !config.metered() && !config.has_list(transport.ipv6) {
         return xdp_action::XDP_PASS;
     }
     let source = if transport.ipv6 {
@@ -189,7 +189,7 @@ fn police_query(
         counters.bump(Counter::Denied);
         return refuse(config, counters);
     }
-    if !config.limited() {
+    if !config.metered() {
         return xdp_action::XDP_PASS;
     }
     let mut walk = LevelWalk {
@@ -203,15 +203,17 @@ fn police_query(
     };
     // One verified step per level (bpf_loop): unrolled, four levels of compare-and-swap
     // loops multiply the paths the verifier walks past its 1M-instruction budget.
-    // SAFETY: the callback reads and writes `walk` only, which outlives the call.
-    unsafe {
-        bpf_loop(
-            MAX_LEVELS as u32,
-            level_step as *mut c_void,
-            core::ptr::from_mut(&mut walk).cast(),
-            0,
-        )
-    };
+    if config.limited() {
+        // SAFETY: the callback reads and writes `walk` only, which outlives the call.
+        unsafe {
+            bpf_loop(
+                MAX_LEVELS as u32,
+                level_step as *mut c_void,
+                core::ptr::from_mut(&mut walk).cast(),
+                0,
+            )
+        };
+    }
     if !walk.refused {
         if !config.budget.is_on() || spend_budget(walk.now, &config.budget, walk.heavy) {
             counters.bump(Counter::RatePassed);

@@ -609,3 +609,22 @@ fn over_budget_heavy_sources_are_shed_first_and_light_ones_keep_a_reserve() {
     harness.programs().maps_mut().set_config(&config).unwrap();
     assert_eq!(admitted(&mut harness, &query_v4(v4("198.18.4.1")), 4), 4);
 }
+
+#[test]
+fn a_budget_alone_serves_first_come_first_served() {
+    // No per-source limit: every query is light, so the budget admits its burst and its
+    // reserve (2 + 2 at one instant), then sheds.
+    let mut harness = Harness::with(&Settings {
+        budget: Some("1/hour".parse().unwrap()),
+        budget_burst: Some(2),
+        ..Settings::default()
+    })
+    .unwrap();
+    let mut passed = 0;
+    for host in 1..=8 {
+        passed += admitted(&mut harness, &query_v4(Ipv4Addr::new(198, 18, 5, host)), 1);
+    }
+    assert_eq!(passed, 4);
+    assert_eq!(counter(&mut harness, Counter::BudgetShedLight), 4);
+    assert_eq!(counter(&mut harness, Counter::BudgetShedHeavy), 0);
+}
