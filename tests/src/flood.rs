@@ -301,6 +301,7 @@ fn send(
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut done: u64 = 0;
+    let (mut calls, mut sleeps, mut in_calls) = (0u64, 0u64, Duration::ZERO);
     while !stop.load(Ordering::Relaxed) {
         let count = match rate {
             None => MAX_CALL,
@@ -309,10 +310,13 @@ fn send(
                 continue;
             }
             Some(rate) => {
-                // Catch up with the schedule, at most 50 ms of it at once.
+                // Catch up with the schedule, at most 250 ms of it at once (each call
+                // costs tens of milliseconds on its own: the kernel sets up and tears
+                // down a page pool per call).
                 let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
-                let owed = due.saturating_sub(done).min(rate / 20 + 1);
+                let owed = due.saturating_sub(done).min(rate / 4 + 1);
                 if owed == 0 {
+                    sleeps += 1;
                     thread::sleep(SLICE);
                     continue;
                 }
@@ -324,9 +328,18 @@ fn send(
             .program(loaded.name)
             .context("program vanished")?
             .try_into()?;
+        let call = Instant::now();
         run(program, frame, &loaded.context, count)?;
+        in_calls += call.elapsed();
+        calls += 1;
         done += u64::from(count);
         sent.fetch_add(u64::from(count), Ordering::Relaxed);
+    }
+    if std::env::var_os("FLOOD_DEBUG").is_some() {
+        eprintln!(
+            "flood thread: {done} frames in {calls} calls ({in_calls:?} in calls), {sleeps} sleeps, {:?}",
+            started.elapsed()
+        );
     }
     Ok(())
 }

@@ -265,7 +265,9 @@ impl Drop for Process {
 }
 
 /// NSD (authoritative only) serving `ZONE` on 198.18.0.1:53 in the server namespace,
-/// with one server process per CPU.
+/// with one server process per CPU. NSD's own response rate limiting (on by default in
+/// Debian's build: 200 answers/s per /24) is turned off: the lab measures the filters in
+/// front of the server, and the measuring client alone sends far more than that.
 pub fn start_nsd(world: &World) -> anyhow::Result<Process> {
     let dir = world.dir.path().join("nsd");
     fs::create_dir_all(&dir)?;
@@ -287,7 +289,8 @@ pub fn start_nsd(world: &World) -> anyhow::Result<Process> {
          reuseport: yes\n  username: \"\"\n  chroot: \"\"\n  database: \"\"\n  \
          zonelistfile: \"{d}/zone.list\"\n  xfrdfile: \"{d}/xfrd.state\"\n  \
          pidfile: \"{d}/nsd.pid\"\n  logfile: \"{d}/nsd.log\"\n  verbosity: 0\n  \
-         hide-version: yes\n  tcp-count: 100\n  receive-buffer-size: 4194304\n\
+         hide-version: yes\n  tcp-count: 100\n  receive-buffer-size: 4194304\n  \
+         rrl-ratelimit: 0\n  rrl-whitelist-ratelimit: 0\n\
          remote-control:\n  control-enable: no\n\
          zone:\n  name: {ZONE}\n  zonefile: \"{d}/zone\"\n"
     );
@@ -345,9 +348,9 @@ pub struct Dnsperf {
     pub max_ms: f64,
 }
 
-/// Starts dnsperf in the client namespace, for `seconds`, at `rate` queries/s (`None`:
-/// as fast as it can, with up to 200 queries in flight), verbose (one line per answer,
-/// for latency percentiles) into a file.
+/// Starts dnsperf in the client namespace, for `seconds`, at `rate` queries/s with up to a
+/// second of them in flight (`None`: as fast as answers come back, 200 in flight),
+/// verbose (one line per answer, for latency percentiles) into a file.
 pub fn start_dnsperf(
     world: &World,
     rate: Option<u64>,
@@ -359,10 +362,19 @@ pub fn start_dnsperf(
     let file = fs::File::create(&out)?;
     let mut command = world.client.command("dnsperf");
     command.args(["-s", SERVER_V4, "-l", &seconds.to_string(), "-t", "1", "-v"]);
-    command.args(["-c", "4", "-q", "200"]);
-    if let Some(rate) = rate {
-        command.args(["-Q", &rate.to_string()]);
-    }
+    command.args(["-c", "4", "-O", "suppress=timeout,unexpected"]);
+    match rate {
+        // Open loop: room for a second of queries in flight, so slow or lost answers do
+        // not hold the sending back (dnsperf sends only while under -q outstanding).
+        Some(rate) => command.args([
+            "-Q",
+            &rate.to_string(),
+            "-q",
+            &rate.clamp(100, 20_000).to_string(),
+        ]),
+        // Closed loop: as fast as answers come back, 200 in flight.
+        None => command.args(["-q", "200"]),
+    };
     command.arg("-d").arg(&queries);
     command.stdout(file).stderr(Stdio::null());
     Ok((Process::spawn("dnsperf", &mut command)?, out))

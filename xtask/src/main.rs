@@ -30,8 +30,22 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run the benchmarks; results go to target/bench/ (needs root).
-    Bench,
+    /// Set up, then run the benchmarks: the micro-benchmark, then the end-to-end comparison
+    /// against iptables (about 10 minutes); results go to target/bench/ (needs root).
+    Bench {
+        /// Skip the end-to-end comparison (micro-benchmark only).
+        #[arg(long)]
+        micro_only: bool,
+    },
+    /// Set up, build, and show dns-xdp at work in network namespaces: a DNS server, normal
+    /// clients and floods, with a live view (needs root; `-- --help` for its options,
+    /// e.g. `cargo xtask lab --duration 60`).
+    Lab {
+        /// Options for the lab (`--duration S`, `--legit-rate QPS`, `--flood-rate PPS`,
+        /// `--rate R`, `--burst N`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// The bpf-linker release that builds against nightly's LLVM 22 here.
@@ -57,8 +71,30 @@ fn main() -> anyhow::Result<()> {
             setup()?;
             test(&args)?;
         }
-        Task::Bench => {
+        Task::Lab { args } => {
             setup()?;
+            setup_lab()?;
+            cargo(&[
+                "build",
+                "--release",
+                "--package",
+                "dns-xdp",
+                "--package",
+                "dns-xdp-tests",
+                "--bin",
+                "dns-xdp",
+                "--bin",
+                "lab",
+            ])?;
+            run_ignoring_interrupts(
+                Command::new(workspace_root().join("target/release/lab")).args(&args),
+            )?;
+        }
+        Task::Bench { micro_only } => {
+            setup()?;
+            if !micro_only {
+                setup_lab()?;
+            }
             let out = workspace_root().join("target/bench");
             cargo(&[
                 "run",
@@ -70,6 +106,24 @@ fn main() -> anyhow::Result<()> {
                 "--",
                 out.to_str().context("non-UTF-8 path")?,
             ])?;
+            if !micro_only {
+                cargo(&[
+                    "build",
+                    "--release",
+                    "--package",
+                    "dns-xdp",
+                    "--package",
+                    "dns-xdp-tests",
+                    "--bin",
+                    "dns-xdp",
+                    "--bin",
+                    "e2e",
+                ])?;
+                step("end-to-end comparison (about 10 minutes)");
+                run_ignoring_interrupts(
+                    Command::new(workspace_root().join("target/release/e2e")).arg(&out),
+                )?;
+            }
         }
     }
     step(&format!("done in {:.1}s", started.elapsed().as_secs_f64()));
@@ -209,6 +263,59 @@ fn setup() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Commands the lab and the end-to-end benchmark run, and the Debian package of each.
+const LAB_COMMANDS: &[(&str, &str)] = &[
+    ("nsd", "nsd"),
+    ("dnsperf", "dnsperf"),
+    ("dig", "bind9-dnsutils"),
+    ("iptables", "iptables"),
+    ("ethtool", "ethtool"),
+    ("mount", "mount"),
+];
+
+/// Installs what the lab and the end-to-end benchmark need. NSD's package would start
+/// the service in the initial namespace (listening on the real interfaces): a
+/// policy-rc.d that refuses service starts is in place during the install.
+fn setup_lab() -> anyhow::Result<()> {
+    let packages: Vec<&str> = LAB_COMMANDS
+        .iter()
+        .filter(|(command, _)| !on_path(command) && !Path::new("/usr/sbin").join(command).exists())
+        .map(|&(_, package)| package)
+        .collect();
+    if packages.is_empty() {
+        step("lab packages (nsd, dnsperf, dig, iptables, ethtool): present");
+        return Ok(());
+    }
+    step(&format!("lab packages: installing {}", packages.join(" ")));
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let ours = !policy.exists();
+    if ours {
+        std::fs::write(
+            policy,
+            "#!/bin/sh\n# cargo xtask: no service starts during install\nexit 101\n",
+        )?;
+        std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    }
+    let installed = apt_install(&packages);
+    if ours {
+        let _ = std::fs::remove_file(policy);
+    }
+    installed.with_context(|| {
+        format!("could not install {packages:?} with apt-get; install them and run again")
+    })
+}
+
+/// Runs `command` (which handles Ctrl-C itself and tears down) while this process
+/// ignores SIGINT, so that the terminal's Ctrl-C does not end xtask before it.
+fn run_ignoring_interrupts(command: &mut Command) -> anyhow::Result<()> {
+    // SAFETY: setting a signal disposition; the child restores its own handlers.
+    let previous = unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    let result = run(command);
+    // SAFETY: restoring the disposition saved above.
+    unsafe { libc::signal(libc::SIGINT, previous) };
+    result
 }
 
 fn bpf_linker_ok() -> bool {
