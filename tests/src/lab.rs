@@ -541,6 +541,10 @@ pub struct Snapshot {
     pub conntrack_entries: u64,
     /// Frames the server's veth received (all of them, before XDP).
     pub rx_packets: u64,
+    /// Frames lost between the two ends of the veth, before the server saw them: the
+    /// receive ring was full (`ethtool -S`: `*_xdp_xmit_errors`, `rx_queue_*_drops`, both
+    /// ends). The flood generator sends in bursts; these are not the firewall's drops.
+    pub veth_ring_drops: u64,
 }
 
 impl Snapshot {
@@ -581,6 +585,22 @@ impl Snapshot {
             .ok()
             .and_then(|n| n.trim().parse().ok())
             .unwrap_or(0);
+        let mut veth_ring_drops = 0;
+        for netns in [&world.server, &world.client] {
+            let stats = output(netns.command("ethtool").args(["-S", LINK])).unwrap_or_default();
+            for line in stats.lines() {
+                let Some((key, value)) = line.trim().split_once(": ") else {
+                    continue;
+                };
+                let ring = key.ends_with("xdp_xmit_errors")
+                    || (key.starts_with("rx_queue_")
+                        && key.ends_with("_drops")
+                        && !key.ends_with("xdp_drops"));
+                if ring {
+                    veth_ring_drops += value.trim().parse::<u64>().unwrap_or(0);
+                }
+            }
+        }
         let link = world
             .server
             .ip(&["-s", "-j", "link", "show", "dev", LINK])?;
@@ -596,6 +616,7 @@ impl Snapshot {
             conntrack_insert_failed: stat_sum("insert_failed"),
             conntrack_entries,
             rx_packets: link[0]["stats64"]["rx"]["packets"].as_u64().unwrap_or(0),
+            veth_ring_drops,
         })
     }
 }

@@ -134,6 +134,7 @@ impl Point {
             "legit_answered_pct": self.answered_pct(),
             "seconds": self.seconds,
             "server_rx_pps": self.per_second(self.delta.rx_packets),
+            "veth_ring_drops_pps": self.per_second(self.delta.veth_ring_drops),
             "dropped_pps": {
                 "xdp": self.per_second(self.xdp_dropped),
                 "netfilter": self.per_second(self.delta.netfilter_dropped),
@@ -174,6 +175,7 @@ fn delta(before: &Snapshot, after: &Snapshot) -> Snapshot {
             .saturating_sub(before.conntrack_insert_failed),
         conntrack_entries: after.conntrack_entries,
         rx_packets: after.rx_packets.saturating_sub(before.rx_packets),
+        veth_ring_drops: after.veth_ring_drops.saturating_sub(before.veth_ring_drops),
     }
 }
 
@@ -259,7 +261,7 @@ impl Bench {
             xdp_packets,
         };
         println!(
-            "  {workload:<32} flood {:>9} sent {:>9.0}/s | legit {:>7}/{:<7} answered ({:5.1} % of offered), p50 {:.2} ms p99 {:.2} ms | drops/s xdp {:.0} nf {:.0} ct {:.0} sock {:.0} | softirq {:.2} s | ct entries {}",
+            "  {workload:<32} flood {:>9} sent {:>9.0}/s | legit {:>7}/{:<7} answered ({:5.1} % of offered), p50 {:.2} ms p99 {:.2} ms | drops/s ring {:.0} xdp {:.0} nf {:.0} ct {:.0} sock {:.0} | softirq {:.2} s | ct entries {}",
             offered.map_or("max".to_owned(), |rate| rate.to_string()),
             point.flood_sent_rate,
             point.legit.completed,
@@ -267,6 +269,7 @@ impl Bench {
             point.answered_pct(),
             point.legit.p50_ms,
             point.legit.p99_ms,
+            point.per_second(point.delta.veth_ring_drops),
             point.per_second(point.xdp_dropped),
             point.per_second(point.delta.netfilter_dropped),
             point.per_second(point.delta.conntrack_drop + point.delta.conntrack_early_drop),
@@ -472,18 +475,18 @@ fn write_results(
     )?;
     writeln!(
         md,
-        "| configuration | workload | flood offered pps | flood sent pps | legit answered / sent | % of offered legit | p50 ms | p99 ms | XDP drops/s | netfilter drops/s | conntrack full drops/s | socket drops/s | softirq CPU s | conntrack entries |"
+        "| configuration | workload | flood offered pps | flood sent pps | veth ring drops/s | legit answered / sent | % of offered legit | p50 ms | p99 ms | XDP drops/s | netfilter drops/s | conntrack full drops/s | socket drops/s | softirq CPU s | conntrack entries |"
     )?;
     writeln!(
         md,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )?;
     let mut json_results = Vec::new();
     for (config, points) in results {
         for point in points {
             writeln!(
                 md,
-                "| {} | {} | {} | {:.0} | {}/{} | {:.1} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {} |",
+                "| {} | {} | {} | {:.0} | {:.0} | {}/{} | {:.1} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {} |",
                 config.name(),
                 point.workload,
                 match (point.flood, point.offered) {
@@ -492,6 +495,7 @@ fn write_results(
                     (Some(_), Some(rate)) => rate.to_string(),
                 },
                 point.flood_sent_rate,
+                point.per_second(point.delta.veth_ring_drops),
                 point.legit.completed,
                 point.legit.sent,
                 point.answered_pct(),

@@ -43,10 +43,12 @@ fn main() -> anyhow::Result<()> {
     let flood = Flood::start(&spec)?;
     thread::sleep(Duration::from_secs_f64(seconds));
     let report = flood.stop()?;
-    let received = Snapshot::take(&world)?.rx_packets - before.rx_packets;
+    let after = Snapshot::take(&world)?;
+    let received = after.rx_packets - before.rx_packets;
+    let ring = after.veth_ring_drops - before.veth_ring_drops;
     println!(
         "{} flood, {} thread(s), offered {}: sent {} frames in {:.2} s = {:.0} frames/s; \
-         the receiving veth counted {received} ({:.0}/s)",
+         the receiving veth counted {received} ({:.0}/s); {ring} lost in its full receive ring",
         kind.name(),
         spec.threads,
         rate.map_or("max".to_owned(), |rate| format!("{rate}/s")),

@@ -97,7 +97,7 @@ fn run(options: &Options) -> anyhow::Result<()> {
     let bpffs = BpfFs::new()?;
     let binary = dns_xdp_binary()?;
     say(&format!(
-        "attaching dns-xdp to the server's interface: at most {} queries per source \
+        "attaching dns-xdp to the server's interface: each source may send {} queries \
          (bursts of {}); the client {CLIENT_V4} stands for known resolvers and is allow-listed",
         options.rate, options.burst
     ));
@@ -353,7 +353,8 @@ fn render(
             reasons.insert(*name, (per_second, *words));
         }
     }
-    let dropped: f64 = reasons.values().map(|(rate, _)| rate).sum();
+    // (An empty f64 sum is -0.0, printed "-0".)
+    let dropped: f64 = reasons.values().map(|(rate, _)| rate).sum::<f64>() + 0.0;
     let queries = rate("counters", "query_udp4") + rate("counters", "query_tcp4");
     let answers = rate("egress", "response_udp4_packets") + rate("egress", "response_tcp4_packets");
     let mut view = String::new();
