@@ -473,6 +473,8 @@ fn write_results(
         ceiling.1 / 1e6,
         budget.map_or("(none)".to_owned(), |b| format!("{b}/s")),
     )?;
+    summary(&mut md, results)?;
+    writeln!(md, "\nEvery point:\n")?;
     writeln!(
         md,
         "| configuration | workload | flood offered pps | flood sent pps | veth ring drops/s | legit answered / sent | % of offered legit | p50 ms | p99 ms | XDP drops/s | netfilter drops/s | conntrack full drops/s | socket drops/s | softirq CPU s | conntrack entries |"
@@ -539,11 +541,79 @@ fn write_results(
     Ok(())
 }
 
+/// The headline tables: legit answered (% of offered) and p99 latency by flood rate, and
+/// where the flood was dropped at 200 000 pps.
+fn summary(md: &mut String, results: &[(Config, Vec<Point>)]) -> std::fmt::Result {
+    let rate_name =
+        |offered: Option<u64>| offered.map_or("max".to_owned(), |r| format!("{}k", r / 1000));
+    for (kind, title) in [
+        (
+            Kind::Concentrated,
+            "(b) legit + concentrated flood (4 sources)",
+        ),
+        (Kind::Spoofed, "(c) legit + spoofed flood (65 536 sources)"),
+    ] {
+        writeln!(
+            md,
+            "{title}: legit answered, % of offered (p99 latency ms)\n"
+        )?;
+        let mut header = "| configuration | (a) no flood, max qps |".to_owned();
+        let mut rule = "|---|---:|".to_owned();
+        for &offered in FLOOD_RATES {
+            header.push_str(&format!(" {} |", rate_name(offered)));
+            rule.push_str("---:|");
+        }
+        writeln!(md, "{header}\n{rule}")?;
+        for (config, points) in results {
+            let max_qps = points
+                .iter()
+                .find(|point| point.flood.is_none())
+                .map_or(0.0, |point| point.legit.qps);
+            let mut row = format!("| {} | {max_qps:.0} |", config.name());
+            for point in points.iter().filter(|point| point.flood == Some(kind)) {
+                row.push_str(&format!(
+                    " {:.1} ({:.0}) |",
+                    point.answered_pct(),
+                    point.legit.p99_ms
+                ));
+            }
+            writeln!(md, "{row}")?;
+        }
+        writeln!(md)?;
+    }
+    writeln!(
+        md,
+        "Where the flood went at 200k offered (per second: lost in the veth ring / dropped in XDP / by netfilter rules / by conntrack, table full / at the socket, receive buffer full; server softirq CPU seconds over the point)\n"
+    )?;
+    writeln!(
+        md,
+        "| configuration | flood | ring | XDP | netfilter | conntrack full | socket | softirq s | conntrack entries |\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    )?;
+    for (config, points) in results {
+        for point in points.iter().filter(|point| point.offered == Some(200_000)) {
+            writeln!(
+                md,
+                "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {} |",
+                config.name(),
+                point.flood.map_or("-", Kind::name),
+                point.per_second(point.delta.veth_ring_drops),
+                point.per_second(point.xdp_dropped),
+                point.per_second(point.delta.netfilter_dropped),
+                point.per_second(point.delta.conntrack_drop + point.delta.conntrack_early_drop),
+                point.per_second(point.delta.udp_rcvbuf_errors),
+                point.delta.softirq_ticks as f64 / user_hz(),
+                point.after.conntrack_entries,
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// Legit answered (%) against offered flood rate, one line per configuration, one panel
 /// per flood kind.
 fn chart(results: &[(Config, Vec<Point>)]) -> String {
     const COLORS: [&str; 5] = ["#d62728", "#ff7f0e", "#9467bd", "#1f77b4", "#2ca02c"];
-    let (width, height) = (960.0, 420.0);
+    let (width, height) = (1000.0, 430.0);
     let panel_w = 400.0;
     let panel_h = 280.0;
     let mut svg = format!(
@@ -561,7 +631,7 @@ fn chart(results: &[(Config, Vec<Point>)]) -> String {
     .enumerate()
     {
         let x0 = 70.0 + panel as f64 * (panel_w + 80.0);
-        let y0 = 50.0;
+        let y0 = 62.0;
         let _ = write!(
             svg,
             "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{title}</text>\n\
