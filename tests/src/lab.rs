@@ -111,9 +111,13 @@ impl World {
     pub fn new() -> anyhow::Result<Self> {
         let server = Netns::new("lab-srv")?;
         let client = Netns::new("lab-cli")?;
-        let queues = thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .to_string();
+        // One receive ring per CPU for the flood generator's threads (a frame sent on CPU
+        // n lands in ring n), and as many again for the client's ordinary traffic (XPS
+        // below): with an XDP program attached, the veth carries sockets' packets through
+        // the same rings, and a ring shared with a bursty flood, drained by NAPI on the
+        // other CPU, overflows and loses legit and flood packets alike.
+        let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+        let queues = (2 * cpus).to_string();
         server.ip(&[
             "link",
             "add",
@@ -140,6 +144,16 @@ impl World {
             netns.ip(&["link", "set", "dev", LINK, "up"])?;
         }
         server.ip(&["route", "add", "198.18.0.0/15", "via", CLIENT_V4])?;
+        for cpu in 0..cpus {
+            let mask = format!("{:x}", 1u64 << cpu.min(63));
+            let path = format!("/sys/class/net/{LINK}/queues/tx-{}/xps_cpus", cpus + cpu);
+            output(
+                client
+                    .command("sh")
+                    .args(["-c", &format!("echo {mask} > {path}")]),
+            )
+            .context("steering the client's traffic to its own veth queues (XPS)")?;
+        }
         let dir = ScratchDir::new("lab")?;
         Ok(Self {
             server,

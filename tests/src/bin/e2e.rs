@@ -355,11 +355,14 @@ fn main() -> anyhow::Result<()> {
     let mut out_dir = PathBuf::from("target/bench");
     let mut seconds = 6;
     let mut legit_rate = 0;
+    let mut only: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--seconds" => seconds = args.next().context("--seconds N")?.parse()?,
             "--legit-rate" => legit_rate = args.next().context("--legit-rate N")?.parse()?,
+            // Some configurations only (repeatable), e.g. `--only dns-xdp`.
+            "--only" => only.push(args.next().context("--only CONFIGURATION")?),
             other if !other.starts_with('-') => out_dir = other.into(),
             other => bail!("unknown argument {other}"),
         }
@@ -397,13 +400,18 @@ fn main() -> anyhow::Result<()> {
         bench.legit_rate, budget
     );
     let mut results: Vec<(Config, Vec<Point>)> = Vec::new();
-    for config in Config::ALL {
+    let selected: Vec<Config> = Config::ALL
+        .into_iter()
+        .filter(|config| only.is_empty() || only.iter().any(|name| name == config.name()))
+        .collect();
+    anyhow::ensure!(!selected.is_empty(), "--only names no configuration");
+    for &config in &selected {
         let points = bench
             .run_config(config, Some(budget))
             .with_context(|| format!("configuration {} did not run", config.name()))?;
         results.push((config, points));
     }
-    let missing: Vec<_> = Config::ALL
+    let missing: Vec<_> = selected
         .iter()
         .filter(|config| {
             !results
