@@ -74,18 +74,7 @@ fn main() -> anyhow::Result<()> {
         Task::Lab { args } => {
             setup()?;
             setup_lab()?;
-            cargo(&[
-                "build",
-                "--release",
-                "--package",
-                "dns-xdp",
-                "--package",
-                "dns-xdp-tests",
-                "--bin",
-                "dns-xdp",
-                "--bin",
-                "lab",
-            ])?;
+            build_with_loader("lab")?;
             run_ignoring_interrupts(
                 Command::new(workspace_root().join("target/release/lab")).args(&args),
             )?;
@@ -107,18 +96,7 @@ fn main() -> anyhow::Result<()> {
                 out.to_str().context("non-UTF-8 path")?,
             ])?;
             if !micro_only {
-                cargo(&[
-                    "build",
-                    "--release",
-                    "--package",
-                    "dns-xdp",
-                    "--package",
-                    "dns-xdp-tests",
-                    "--bin",
-                    "dns-xdp",
-                    "--bin",
-                    "e2e",
-                ])?;
+                build_with_loader("e2e")?;
                 step("end-to-end comparison (about 10 minutes)");
                 run_ignoring_interrupts(
                     Command::new(workspace_root().join("target/release/e2e")).arg(&out),
@@ -128,6 +106,23 @@ fn main() -> anyhow::Result<()> {
     }
     step(&format!("done in {:.1}s", started.elapsed().as_secs_f64()));
     Ok(())
+}
+
+/// Builds the release loader and `bin` of the tests crate (the lab and the benchmark
+/// run the loader binary as an operator would).
+fn build_with_loader(bin: &str) -> anyhow::Result<()> {
+    cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "dns-xdp",
+        "--package",
+        "dns-xdp-tests",
+        "--bin",
+        "dns-xdp",
+        "--bin",
+        bin,
+    ])
 }
 
 fn step(message: &str) {

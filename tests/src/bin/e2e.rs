@@ -111,6 +111,23 @@ impl Point {
         count as f64 / self.seconds
     }
 
+    /// Where the flood went, per second: lost in the veth ring, dropped in XDP, by
+    /// netfilter rules, by conntrack (table full), at the socket.
+    fn drops_per_second(&self) -> [f64; 5] {
+        [
+            self.delta.veth_ring_drops,
+            self.xdp_dropped,
+            self.delta.netfilter_dropped,
+            self.delta.conntrack_drop + self.delta.conntrack_early_drop,
+            self.delta.udp_rcvbuf_errors,
+        ]
+        .map(|count| self.per_second(count))
+    }
+
+    fn softirq_seconds(&self) -> f64 {
+        self.delta.softirq_ticks as f64 / user_hz()
+    }
+
     /// Legit queries answered, as a share of those it was meant to send: dnsperf sends
     /// fewer when its outstanding queries pile up (slow or lost answers) or it is short
     /// of CPU, which is part of the damage.
@@ -124,6 +141,7 @@ impl Point {
     }
 
     fn json(&self) -> Value {
+        let [ring, xdp, netfilter, conntrack, socket] = self.drops_per_second();
         json!({
             "workload": self.workload,
             "flood": self.flood.map(Kind::name),
@@ -134,15 +152,15 @@ impl Point {
             "legit_answered_pct": self.answered_pct(),
             "seconds": self.seconds,
             "server_rx_pps": self.per_second(self.delta.rx_packets),
-            "veth_ring_drops_pps": self.per_second(self.delta.veth_ring_drops),
+            "veth_ring_drops_pps": ring,
             "dropped_pps": {
-                "xdp": self.per_second(self.xdp_dropped),
-                "netfilter": self.per_second(self.delta.netfilter_dropped),
-                "conntrack_table_full": self.per_second(self.delta.conntrack_drop + self.delta.conntrack_early_drop),
-                "socket_rcvbuf": self.per_second(self.delta.udp_rcvbuf_errors),
+                "xdp": xdp,
+                "netfilter": netfilter,
+                "conntrack_table_full": conntrack,
+                "socket_rcvbuf": socket,
             },
             "xdp_packets": self.xdp_packets,
-            "softirq_cpu_s": self.delta.softirq_ticks as f64 / user_hz(),
+            "softirq_cpu_s": self.softirq_seconds(),
             "net_rx_softirqs": self.delta.net_rx,
             "udp_in_datagrams": self.delta.udp_in_datagrams,
             "conntrack_entries_end": self.after.conntrack_entries,
@@ -260,6 +278,7 @@ impl Bench {
             xdp_dropped,
             xdp_packets,
         };
+        let [ring, xdp, netfilter, conntrack, socket] = point.drops_per_second();
         println!(
             "  {workload:<32} flood {:>9} sent {:>9.0}/s | legit {:>7}/{:<7} answered ({:5.1} % of offered), p50 {:.2} ms p99 {:.2} ms | drops/s ring {:.0} xdp {:.0} nf {:.0} ct {:.0} sock {:.0} | softirq {:.2} s | ct entries {}",
             offered.map_or("max".to_owned(), |rate| rate.to_string()),
@@ -269,12 +288,12 @@ impl Bench {
             point.answered_pct(),
             point.legit.p50_ms,
             point.legit.p99_ms,
-            point.per_second(point.delta.veth_ring_drops),
-            point.per_second(point.xdp_dropped),
-            point.per_second(point.delta.netfilter_dropped),
-            point.per_second(point.delta.conntrack_drop + point.delta.conntrack_early_drop),
-            point.per_second(point.delta.udp_rcvbuf_errors),
-            point.delta.softirq_ticks as f64 / user_hz(),
+            ring,
+            xdp,
+            netfilter,
+            conntrack,
+            socket,
+            point.softirq_seconds(),
             point.after.conntrack_entries,
         );
         Ok(point)
@@ -494,9 +513,10 @@ fn write_results(
     let mut json_results = Vec::new();
     for (config, points) in results {
         for point in points {
+            let [ring, xdp, netfilter, conntrack, socket] = point.drops_per_second();
             writeln!(
                 md,
-                "| {} | {} | {} | {:.0} | {:.0} | {}/{} | {:.1} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {} |",
+                "| {} | {} | {} | {:.0} | {ring:.0} | {}/{} | {:.1} | {:.2} | {:.2} | {xdp:.0} | {netfilter:.0} | {conntrack:.0} | {socket:.0} | {:.2} | {} |",
                 config.name(),
                 point.workload,
                 match (point.flood, point.offered) {
@@ -505,17 +525,12 @@ fn write_results(
                     (Some(_), Some(rate)) => rate.to_string(),
                 },
                 point.flood_sent_rate,
-                point.per_second(point.delta.veth_ring_drops),
                 point.legit.completed,
                 point.legit.sent,
                 point.answered_pct(),
                 point.legit.p50_ms,
                 point.legit.p99_ms,
-                point.per_second(point.xdp_dropped),
-                point.per_second(point.delta.netfilter_dropped),
-                point.per_second(point.delta.conntrack_drop + point.delta.conntrack_early_drop),
-                point.per_second(point.delta.udp_rcvbuf_errors),
-                point.delta.softirq_ticks as f64 / user_hz(),
+                point.softirq_seconds(),
                 point.after.conntrack_entries,
             )?;
             let mut value = point.json();
@@ -599,17 +614,13 @@ fn summary(md: &mut String, results: &[(Config, Vec<Point>)]) -> std::fmt::Resul
     )?;
     for (config, points) in results {
         for point in points.iter().filter(|point| point.offered == Some(200_000)) {
+            let [ring, xdp, netfilter, conntrack, socket] = point.drops_per_second();
             writeln!(
                 md,
-                "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {} |",
+                "| {} | {} | {ring:.0} | {xdp:.0} | {netfilter:.0} | {conntrack:.0} | {socket:.0} | {:.2} | {} |",
                 config.name(),
                 point.flood.map_or("-", Kind::name),
-                point.per_second(point.delta.veth_ring_drops),
-                point.per_second(point.xdp_dropped),
-                point.per_second(point.delta.netfilter_dropped),
-                point.per_second(point.delta.conntrack_drop + point.delta.conntrack_early_drop),
-                point.per_second(point.delta.udp_rcvbuf_errors),
-                point.delta.softirq_ticks as f64 / user_hz(),
+                point.softirq_seconds(),
                 point.after.conntrack_entries,
             )?;
         }
