@@ -269,17 +269,24 @@ impl Config {
         self.flags & FLAG_SANITY != 0
     }
 
-    /// Whether any prefix level limits queries.
+    /// How many prefix levels to walk: one past the last level that is on (0: none).
     #[inline(always)]
-    pub fn limited(&self) -> bool {
+    pub fn level_count(&self) -> u32 {
+        let mut count = 0;
         let mut index = 0;
         while index < MAX_LEVELS {
             if self.levels[index].limit.is_on() {
-                return true;
+                count = index as u32 + 1;
             }
             index += 1;
         }
-        false
+        count
+    }
+
+    /// Whether any prefix level limits queries.
+    #[inline(always)]
+    pub fn limited(&self) -> bool {
+        self.level_count() != 0
     }
 
     /// Whether queries are metered at all: by a prefix level or by the server budget.
@@ -965,6 +972,23 @@ mod tests {
         let now = u64::MAX - (MAX_TOLERANCE_NS + 2 * NS_PER_SEC);
         assert!(gcra(0, now, &limit).is_some());
         assert!(gcra(now + limit.tolerance_ns, now, &limit).is_some());
+    }
+
+    #[test]
+    fn the_level_walk_ends_at_the_last_level_on() {
+        let mut config = Config::default();
+        assert_eq!(config.level_count(), 0);
+        assert!(!config.limited() && !config.metered());
+        config.levels[1].limit = per_second(10, 5);
+        assert_eq!(config.level_count(), 2);
+        config.levels[0].limit = per_second(10, 5);
+        config.levels[3].limit = per_second(10, 5);
+        assert_eq!(config.level_count(), 4);
+        let budget_only = Config {
+            budget: per_second(1000, 100),
+            ..Config::default()
+        };
+        assert!(!budget_only.limited() && budget_only.metered());
     }
 
     #[test]

@@ -22,8 +22,8 @@ use aya_ebpf::{
 use aya_log_ebpf::error;
 use dns_xdp_common::{
     Class, Config, Counter, Counters, DEFAULT_TABLE_SIZE, EgressCounter, EgressCounters, L4,
-    LIST_ALLOW, Level, Limit, ListEntry, MAX_LEVELS, MAX_LIST_ENTRIES, SourceKey, SourceState,
-    budget_gcra, gcra, gcra_ceiling, is_heavy, query_defect,
+    LIST_ALLOW, Level, Limit, ListEntry, MAX_LIST_ENTRIES, SourceKey, SourceState, budget_gcra,
+    gcra, gcra_ceiling, is_heavy, query_defect,
 };
 use parse::{Frame, Transport};
 
@@ -203,11 +203,12 @@ fn police_query(
     };
     // One verified step per level (bpf_loop): unrolled, four levels of compare-and-swap
     // loops multiply the paths the verifier walks past its 1M-instruction budget.
-    if config.limited() {
+    let levels = config.level_count();
+    if levels != 0 {
         // SAFETY: the callback reads and writes `walk` only, which outlives the call.
         unsafe {
             bpf_loop(
-                MAX_LEVELS as u32,
+                levels,
                 level_step as *mut c_void,
                 core::ptr::from_mut(&mut walk).cast(),
                 0,
