@@ -20,7 +20,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     flood::{Kind, Spec, mac_of},
-    netns::{CLIENT_V4, LINK, Netns, SERVER_V4},
+    netns::{CLIENT_V4, LINK, Netns, Pair, SERVER_V4},
 };
 
 /// The zone NSD serves and the names asked for.
@@ -109,40 +109,13 @@ pub struct World {
 
 impl World {
     pub fn new() -> anyhow::Result<Self> {
-        let server = Netns::new("lab-srv")?;
-        let client = Netns::new("lab-cli")?;
         // One receive ring per CPU for the flood generator's threads (a frame sent on CPU
         // n lands in ring n), and as many again for the client's ordinary traffic (XPS
         // below): with an XDP program attached, the veth carries sockets' packets through
         // the same rings, and a ring shared with a bursty flood, drained by NAPI on the
         // other CPU, overflows and loses legit and flood packets alike.
         let cpus = thread::available_parallelism().map_or(1, |n| n.get());
-        let queues = (2 * cpus).to_string();
-        server.ip(&[
-            "link",
-            "add",
-            "name",
-            LINK,
-            "numtxqueues",
-            &queues,
-            "numrxqueues",
-            &queues,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            LINK,
-            "netns",
-            client.name(),
-            "numtxqueues",
-            &queues,
-            "numrxqueues",
-            &queues,
-        ])?;
-        for (netns, v4) in [(&server, SERVER_V4), (&client, CLIENT_V4)] {
-            netns.ip(&["addr", "add", &format!("{v4}/24"), "dev", LINK])?;
-            netns.ip(&["link", "set", "dev", LINK, "up"])?;
-        }
+        let Pair { server, client } = Pair::with_queues(("lab-srv", "lab-cli"), 2 * cpus)?;
         server.ip(&["route", "add", "198.18.0.0/15", "via", CLIENT_V4])?;
         for cpu in 0..cpus {
             let mask = format!("{:x}", 1u64 << cpu.min(63));

@@ -110,21 +110,21 @@ pub struct Pair {
 
 impl Pair {
     pub fn new() -> anyhow::Result<Self> {
-        let server = Netns::new("srv")?;
-        let client = Netns::new("cli")?;
-        server.ip(&[
-            "link",
-            "add",
-            "name",
-            LINK,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            LINK,
-            "netns",
-            client.name(),
-        ])?;
+        Self::with_queues(("srv", "cli"), 1)
+    }
+
+    /// Namespaces named after `roles`, joined by a veth with `queues` transmit and
+    /// receive queues on each end.
+    pub fn with_queues(roles: (&str, &str), queues: usize) -> anyhow::Result<Self> {
+        let server = Netns::new(roles.0)?;
+        let client = Netns::new(roles.1)?;
+        let queues = queues.max(1).to_string();
+        let per_end = ["numtxqueues", &queues, "numrxqueues", &queues];
+        let mut args = vec!["link", "add", "name", LINK];
+        args.extend(per_end);
+        args.extend(["type", "veth", "peer", "name", LINK, "netns", client.name()]);
+        args.extend(per_end);
+        server.ip(&args)?;
         for (netns, v4, v6) in [
             (&server, SERVER_V4, SERVER_V6),
             (&client, CLIENT_V4, CLIENT_V6),
