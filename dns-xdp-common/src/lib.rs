@@ -269,24 +269,17 @@ impl Config {
         self.flags & FLAG_SANITY != 0
     }
 
-    /// How many prefix levels to walk: one past the last level that is on (0: none).
-    #[inline(always)]
-    pub fn level_count(&self) -> u32 {
-        let mut count = 0;
-        let mut index = 0;
-        while index < MAX_LEVELS {
-            if self.levels[index].limit.is_on() {
-                count = index as u32 + 1;
-            }
-            index += 1;
-        }
-        count
-    }
-
-    /// Whether any prefix level limits queries.
+    /// Whether any prefix level limits queries. Branch-free (an OR of the intervals):
+    /// in the kernel, a branch per level would split the verifier's states.
     #[inline(always)]
     pub fn limited(&self) -> bool {
-        self.level_count() != 0
+        let mut intervals = 0;
+        let mut index = 0;
+        while index < MAX_LEVELS {
+            intervals |= self.levels[index].limit.interval_ns;
+            index += 1;
+        }
+        intervals != 0
     }
 
     /// Whether queries are metered at all: by a prefix level or by the server budget.
@@ -975,15 +968,14 @@ mod tests {
     }
 
     #[test]
-    fn the_level_walk_ends_at_the_last_level_on() {
+    fn any_level_on_limits_and_a_budget_meters() {
         let mut config = Config::default();
-        assert_eq!(config.level_count(), 0);
         assert!(!config.limited() && !config.metered());
-        config.levels[1].limit = per_second(10, 5);
-        assert_eq!(config.level_count(), 2);
-        config.levels[0].limit = per_second(10, 5);
         config.levels[3].limit = per_second(10, 5);
-        assert_eq!(config.level_count(), 4);
+        assert!(config.limited() && config.metered());
+        config.levels[3].limit = Limit::OFF;
+        config.levels[1].limit = per_second(10, 5);
+        assert!(config.limited());
         let budget_only = Config {
             budget: per_second(1000, 100),
             ..Config::default()

@@ -22,10 +22,10 @@ use aya_ebpf::{
 use aya_log_ebpf::error;
 use dns_xdp_common::{
     Class, Config, Counter, Counters, DEFAULT_TABLE_SIZE, EgressCounter, EgressCounters, L4,
-    LIST_ALLOW, Level, Limit, ListEntry, MAX_LIST_ENTRIES, SourceKey, SourceState, budget_gcra,
-    gcra, gcra_ceiling, is_heavy, query_defect,
+    LIST_ALLOW, Level, Limit, ListEntry, MAX_LEVELS, MAX_LIST_ENTRIES, SourceKey, SourceState,
+    budget_gcra, gcra, gcra_ceiling, is_heavy, query_defect,
 };
-use parse::{Frame, Transport};
+use parse::{Frame, StoredTransport, Transport};
 
 /// Runtime configuration (DNS ports, limit, prefixes, flags), double-buffered: the loader
 /// writes the slot not in use, then flips CONFIG_SLOT; read once per packet.
@@ -63,6 +63,13 @@ static LIST_V4: LpmTrie<[u8; 4], ListEntry> = LpmTrie::with_max_entries(MAX_LIST
 #[map]
 static LIST_V6: LpmTrie<[u8; 16], ListEntry> = LpmTrie::with_max_entries(MAX_LIST_ENTRIES, 0);
 
+/// The parsed query handed from the parser to the policy, one per CPU; written and read
+/// back by `dns_xdp` only. Read back through memory, its offsets are values the verifier
+/// does not know: the policy is verified once for all header layouts, not once for
+/// each (see docs/ARCHITECTURE.md, "Verifier budget").
+#[map]
+static PARSED: PerCpuArray<StoredTransport> = PerCpuArray::with_max_entries(1, 0);
+
 /// Compare-and-swap attempts on one bucket before a query is refused as contended. Each
 /// failed attempt means another CPU admitted a packet of the same source meanwhile.
 const MAX_CAS_ATTEMPTS: usize = 8;
@@ -99,20 +106,34 @@ fn try_dns_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     // SAFETY: a per-CPU array slot is only touched by programs on this CPU, one at a time.
     let counters = unsafe { &mut *counters };
     let frame = Frame::new(ctx.data(), ctx.data_end());
-    let (class, action) = match frame.transport() {
-        Ok(transport) => {
-            let class = transport.class(&config.dns_ports);
-            let action = match class {
-                Class::Query { .. } => police_query(ctx, &frame, &transport, config, counters),
-                _ => xdp_action::XDP_PASS,
-            };
-            (class, action)
-        }
-        Err(class) => (class, xdp_action::XDP_PASS),
+    let parsed = frame.transport();
+    let class = match &parsed {
+        Ok(transport) => transport.class(&config.dns_ports),
+        Err(class) => *class,
     };
     counters.bump(Counter::Packets);
     counters.bump(class.counter());
-    Ok(action)
+    let (Ok(transport), Class::Query { .. }) = (parsed, class) else {
+        return Ok(xdp_action::XDP_PASS);
+    };
+    let transport = forget_layout(transport).ok_or(())?;
+    Ok(police_query(ctx, &frame, &transport, config, counters))
+}
+
+/// `transport` stored in `PARSED` and read back: the same values, now unknown to the
+/// verifier, so that nothing after this point is verified once per header layout the
+/// parser can leave (each layout ends with different constant offsets, and states that
+/// differ in a constant do not merge).
+#[inline(always)]
+fn forget_layout(transport: Transport) -> Option<Transport> {
+    let slot = PARSED.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot; XDP programs do not nest on a CPU. Volatile, so the
+    // compiler does not forward the stored values past the map.
+    let stored = unsafe {
+        core::ptr::write_volatile(slot, transport.to_stored());
+        core::ptr::read_volatile(slot)
+    };
+    Some(Transport::from_stored(stored))
 }
 
 /// A query's source address.
@@ -202,19 +223,18 @@ fn police_query(
         heavy: false,
     };
     // One verified step per level (bpf_loop): unrolled, four levels of compare-and-swap
-    // loops multiply the paths the verifier walks past its 1M-instruction budget.
-    let levels = config.level_count();
-    if levels != 0 {
-        // SAFETY: the callback reads and writes `walk` only, which outlives the call.
-        unsafe {
-            bpf_loop(
-                levels,
-                level_step as *mut c_void,
-                core::ptr::from_mut(&mut walk).cast(),
-                0,
-            )
-        };
-    }
+    // loops multiply the paths the verifier walks. The count is a constant: the
+    // verifier tracks it precisely, and a count computed from the configuration would
+    // be one more value that splits its states (levels that are off return at once).
+    // SAFETY: the callback reads and writes `walk` only, which outlives the call.
+    unsafe {
+        bpf_loop(
+            MAX_LEVELS as u32,
+            level_step as *mut c_void,
+            core::ptr::from_mut(&mut walk).cast(),
+            0,
+        )
+    };
     if !walk.refused {
         if !config.budget.is_on() || spend_budget(walk.now, &config.budget, walk.heavy) {
             counters.bump(Counter::RatePassed);

@@ -61,6 +61,49 @@ impl Transport {
     pub fn class(&self, ports: &PortSet) -> Class {
         Class::of_ports(ports, self.l4, self.ipv6, self.src_port, self.dst_port)
     }
+
+    /// This transport as plain integers, to store in a map.
+    #[inline(always)]
+    pub fn to_stored(self) -> StoredTransport {
+        StoredTransport {
+            l3: self.l3 as u32,
+            payload: self.payload as u32,
+            payload_len: self.payload_len as u32,
+            bits: u32::from(self.ipv6)
+                | u32::from(self.l4 == L4::Tcp) << 1
+                | u32::from(self.syn) << 2,
+        }
+    }
+
+    /// The transport `stored` holds, ports left out (they are read before it is stored).
+    #[inline(always)]
+    pub fn from_stored(stored: StoredTransport) -> Self {
+        Self {
+            l4: if stored.bits & 2 != 0 {
+                L4::Tcp
+            } else {
+                L4::Udp
+            },
+            ipv6: stored.bits & 1 != 0,
+            l3: stored.l3 as usize,
+            payload: stored.payload as usize,
+            payload_len: stored.payload_len as usize,
+            syn: stored.bits & 4 != 0,
+            src_port: 0,
+            dst_port: 0,
+        }
+    }
+}
+
+/// A `Transport` as plain integers (bit 0: IPv6, bit 1: TCP, bit 2: SYN), as the
+/// `PARSED` map holds it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct StoredTransport {
+    l3: u32,
+    payload: u32,
+    payload_len: u32,
+    bits: u32,
 }
 
 /// A frame in memory: `[start, end)`.
