@@ -75,7 +75,6 @@ static PARSED: PerCpuArray<StoredTransport> = PerCpuArray::with_max_entries(1, 0
 const MAX_CAS_ATTEMPTS: usize = 8;
 
 const BPF_NOEXIST: u64 = 1;
-const EEXIST: i32 = 17;
 
 #[xdp]
 pub fn dns_xdp(ctx: XdpContext) -> u32 {
@@ -372,18 +371,17 @@ fn charge(key: SourceKey, now: u64, limit: &Limit, counters: &mut Counters) -> C
                         heavy: is_heavy(fresh.tat_ns, now, limit),
                     };
                 }
-                // Another CPU created it first: take from its bucket below.
-                Err(EEXIST) => match SOURCES.get_ptr_mut(key) {
+                // Another CPU created it first (EEXIST), or the insert failed while
+                // one did (the hash map's bucket lock can give up under contention):
+                // take from its bucket below. Passing the query unlimited here would
+                // admit one more than the burst.
+                Err(_) => match SOURCES.get_ptr_mut(key) {
                     Some(state) => state,
                     None => {
                         counters.bump(Counter::TableFull);
                         return Charged::Admitted { heavy: false };
                     }
                 },
-                Err(_) => {
-                    counters.bump(Counter::TableFull);
-                    return Charged::Admitted { heavy: false };
-                }
             }
         }
     };
@@ -419,15 +417,8 @@ fn take(tat: *mut u64, now: u64, limit: &Limit) -> Take {
         let current = unsafe { core::ptr::read_volatile(tat) };
         match gcra(current, now, limit) {
             None => {
-                let ceiling = gcra_ceiling(now, limit);
-                if current > ceiling {
-                    // Debt from a slower limit that has since been raised: forgive it.
-                    // SAFETY: `tat` is an aligned u64 in a map value.
-                    let _ = unsafe {
-                        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
-                            tat, current, ceiling,
-                        )
-                    };
+                if current > gcra_ceiling(now, limit) {
+                    forgive_debt(tat, current, limit);
                 }
                 return Take::Refused;
             }
@@ -445,6 +436,31 @@ fn take(tat: *mut u64, now: u64, limit: &Limit) -> Take {
         }
     }
     Take::Contended
+}
+
+/// Cuts a bucket's `tat` (read as `current`) back to the ceiling of `limit`, if it is
+/// debt from a slower limit that has since been raised.
+///
+/// The ceiling is taken at a clock read *after* `current`: the `now` of the query being
+/// refused may predate admissions other CPUs made meanwhile with a later `now` (whose
+/// `tat` legitimately runs up to their own ceiling), and cutting those back would give
+/// their time away again: more than burst + rate × time admitted (the test
+/// `one_source_from_every_cpu_stays_within_burst_plus_rate` caught it). Every `tat`
+/// written under the current limit before that read lies at or below its ceiling, so
+/// only real debt is forgiven.
+#[inline(always)]
+fn forgive_debt(tat: *mut u64, current: u64, limit: &Limit) {
+    // SAFETY: a helper without arguments.
+    let ceiling = gcra_ceiling(unsafe { bpf_ktime_get_ns() }, limit);
+    if current > ceiling {
+        // SAFETY: `tat` is an aligned u64 in a map value. A failed swap means another
+        // CPU moved `tat` meanwhile: nothing to forgive then.
+        let _ = unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                tat, current, ceiling,
+            )
+        };
+    }
 }
 
 /// Drop, or pass and count in dry-run.

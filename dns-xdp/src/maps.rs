@@ -198,14 +198,23 @@ impl Maps {
 
     /// Every source prefix in the table, with its counters.
     pub fn sources(&self) -> anyhow::Result<Vec<SourceReport>> {
+        Ok(self
+            .source_states()?
+            .iter()
+            .map(|(key, state)| SourceReport::new(key, state))
+            .collect())
+    }
+
+    /// Every bucket as the kernel keeps it (its GCRA state included).
+    pub fn source_states(&self) -> anyhow::Result<Vec<(SourceKey, SourceState)>> {
         let map: HashMap<&MapData, SourceKey, SourceState> = HashMap::try_from(&self.sources)?;
-        let mut sources = Vec::new();
+        let mut states = Vec::new();
         for item in map.iter() {
             // An entry evicted while we walk ends the walk early; what we have is still true.
-            let Ok((key, state)) = item else { break };
-            sources.push(SourceReport::new(&key, &state));
+            let Ok(entry) = item else { break };
+            states.push(entry);
         }
-        Ok(sources)
+        Ok(states)
     }
 
     /// Capacity of the source table.

@@ -315,18 +315,40 @@ fn a_flood_of_new_sources_does_not_free_a_hot_source() {
     );
 }
 
-#[test]
-fn one_source_on_both_cpus_gets_exactly_its_burst() {
-    const BURST: u32 = 50_000;
-    const RUNS_PER_CPU: u32 = 100_000;
+/// Reads CLOCK_MONOTONIC, the clock `bpf_ktime_get_ns` reads, in nanoseconds.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes the current time into `now`.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) },
+        0
+    );
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// What a run from every CPU did.
+struct EveryCpu {
+    passed: u64,
+    limited: u64,
+    /// CLOCK_MONOTONIC just before the first run and just after the last.
+    started_ns: u64,
+    ended_ns: u64,
+}
+
+/// Runs the XDP program on `frame` `runs_per_cpu` times on every CPU at once, one thread
+/// pinned to each, released together.
+fn from_every_cpu(harness: &mut Harness, frame: &[u8], runs_per_cpu: u32) -> EveryCpu {
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-    // A rate of one per hour adds nothing during the test.
-    let mut harness = Harness::with(&limited("1/hour", BURST)).unwrap();
-    let frame = query_v4(v4("198.18.3.3"));
+    let before = harness.programs().maps().counters().unwrap();
     let xdp = &*harness.programs().xdp(XDP_PROGRAM).unwrap();
+    let start = std::sync::Barrier::new(cpus + 1);
+    let mut started_ns = 0;
     std::thread::scope(|scope| {
         for cpu in 0..cpus {
-            let frame = &frame;
+            let start = &start;
             scope.spawn(move || {
                 // SAFETY: a zeroed cpu_set_t with one CPU set, applied to this thread.
                 unsafe {
@@ -339,26 +361,118 @@ fn one_source_on_both_cpus_gets_exactly_its_burst() {
                 }
                 let mut options = TestRunOptions::new();
                 options.data_in = Some(frame);
-                options.repeat = RUNS_PER_CPU;
+                options.repeat = runs_per_cpu;
+                start.wait();
                 xdp.test_run(options).unwrap();
             });
         }
+        started_ns = monotonic_ns();
+        start.wait();
     });
-    let counters = harness.programs().maps().counters().unwrap();
-    let runs = u64::from(RUNS_PER_CPU) * cpus as u64;
+    let ended_ns = monotonic_ns();
+    let after = harness.programs().maps().counters().unwrap();
+    let delta = |counter| after.get(counter) - before.get(counter);
+    let runs = u64::from(runs_per_cpu) * cpus as u64;
+    assert_eq!(delta(Counter::Packets), runs);
+    assert_eq!(delta(Counter::TableFull), 0, "a query passed unlimited");
     println!(
-        "{cpus} CPUs, {runs} runs: passed {}, limited {}, contended {}",
-        counters.get(Counter::RatePassed),
-        counters.get(Counter::RateLimited),
-        counters.get(Counter::RateContended)
+        "{cpus} CPUs, {runs} runs in {:.1} ms: passed {}, limited {}, contended {}",
+        (ended_ns - started_ns) as f64 / 1e6,
+        delta(Counter::RatePassed),
+        delta(Counter::RateLimited),
+        delta(Counter::RateContended)
     );
-    assert_eq!(counters.get(Counter::Packets), runs);
-    assert_eq!(counters.get(Counter::RatePassed), u64::from(BURST));
-    assert_eq!(counters.get(Counter::RateLimited), runs - u64::from(BURST));
     assert_eq!(
-        source(&mut harness, "198.18.3.3/32").passed,
-        u64::from(BURST)
+        delta(Counter::RatePassed) + delta(Counter::RateLimited),
+        runs
     );
+    EveryCpu {
+        passed: delta(Counter::RatePassed),
+        limited: delta(Counter::RateLimited),
+        started_ns,
+        ended_ns,
+    }
+}
+
+#[test]
+fn one_source_on_every_cpu_gets_exactly_its_burst() {
+    const BURST: u32 = 50_000;
+    // A rate of one per hour adds nothing during the test. Five fresh tables: the race
+    // for a new bucket (insert against insert) is run five times.
+    for round in 0..5 {
+        let mut harness = Harness::with(&limited("1/hour", BURST)).unwrap();
+        let run = from_every_cpu(&mut harness, &query_v4(v4("198.18.3.3")), 100_000);
+        assert_eq!(run.passed, u64::from(BURST), "round {round}");
+        assert_eq!(
+            source(&mut harness, "198.18.3.3/32").passed,
+            u64::from(BURST)
+        );
+    }
+}
+
+/// Every CPU hammers one bucket kept at its ceiling, so most queries are refused and
+/// some admitted as the rate allows. Exact GCRA moves a busy bucket's theoretical
+/// arrival time forward by one interval per admission and never back (under a constant
+/// limit): `tat` must have advanced by at least `passed` intervals. A CPU whose clock
+/// read predates another CPU's admissions must not hand their time back; the debt
+/// forgiveness of a raised limit did: 2 000 to 3 700 admissions too many in a round.
+#[test]
+fn one_source_from_every_cpu_stays_within_burst_plus_rate() {
+    // One per microsecond: a fifth of what two CPUs send, half of what one sends (the
+    // bucket stays at its ceiling even while other tests take a CPU).
+    const RATE: u64 = 1_000_000;
+    // 100 ms of burst: more than the pause between rounds, so the bucket never refills
+    // completely and every admission moves `tat` by exactly one interval.
+    const BURST: u32 = 100_000;
+    const INTERVAL_NS: u64 = 1_000_000_000 / RATE;
+    // The contended bucket is the last level's (/8), behind three levels that always
+    // admit: the widest gap between a query's clock read and its compare-and-swap, and
+    // so the widest window for another CPU to admit in between.
+    let always = "1000000000/s:2000000000";
+    let settings = Settings {
+        levels: parse_levels(&format!(
+            "24/48:{always},16/32:{always},8/16:{RATE}/s:{BURST}"
+        ))
+        .unwrap(),
+        ..limited("1000000000/s", 2_000_000_000)
+    };
+    let mut harness = Harness::with(&settings).unwrap();
+    let frame = query_v4(v4("198.18.3.4"));
+    let tat = |harness: &mut Harness| {
+        let states = harness.programs().maps().source_states().unwrap();
+        let last: Vec<_> = states.iter().filter(|(key, _)| key.level == 3).collect();
+        assert_eq!(last.len(), 1);
+        last[0].1.tat_ns
+    };
+    // Spend the first burst: from here on the bucket stays busy.
+    from_every_cpu(&mut harness, &frame, 1_000_000);
+    for round in 0..3 {
+        let before = tat(&mut harness);
+        let run = from_every_cpu(&mut harness, &frame, 1_500_000);
+        assert!(
+            before > run.started_ns,
+            "round {round}: the bucket refilled"
+        );
+        let earned = (tat(&mut harness) - before) / INTERVAL_NS;
+        assert!(
+            earned >= run.passed,
+            "round {round}: {} admitted, but the bucket advanced by only {earned} \
+             intervals: {} admitted beyond burst + rate x time",
+            run.passed,
+            run.passed - earned
+        );
+        // And against the clock: at most a burst of credit, then the rate.
+        let bound = u64::from(BURST) + (run.ended_ns - run.started_ns) / INTERVAL_NS + 1;
+        assert!(
+            run.passed <= bound,
+            "round {round}: {} admitted, at most {bound}",
+            run.passed
+        );
+        assert!(
+            run.limited > run.passed,
+            "round {round}: the bucket was not at its ceiling"
+        );
+    }
 }
 
 /// A UDP query to port 53 whose DNS message is `message`.
