@@ -33,6 +33,18 @@ pub const XDP_PASS_PROGRAM: &str = "xdp_pass";
 /// Name of the TC egress program.
 pub const EGRESS_PROGRAM: &str = "dns_xdp_egress";
 
+/// The programs `Programs::load` loads, in that order.
+pub const PROGRAMS: [&str; 3] = [XDP_PROGRAM, XDP_PASS_PROGRAM, EGRESS_PROGRAM];
+
+/// Instructions the kernel's verifier may process to load one program (its
+/// BPF_COMPLEXITY_LIMIT_INSNS): past it, the load fails with E2BIG.
+pub const VERIFIER_LIMIT: u32 = 1_000_000;
+/// What each program may cost the verifier, checked by the tests: half the limit.
+/// The count depends on the kernel as well as the code (a program that needed 42 % of
+/// the limit where it was written needed over 100 % on a fresh machine of the same
+/// kind), so the margin is the defence; see docs/ARCHITECTURE.md, "Verifier budget".
+pub const VERIFIER_BUDGET: u32 = VERIFIER_LIMIT / 2;
+
 /// The embedded eBPF object, or an error naming what was missing when it was built.
 pub fn ebpf_object() -> anyhow::Result<&'static [u8]> {
     let missing = env!("DNS_XDP_EBPF_MISSING");
@@ -93,7 +105,7 @@ impl Programs {
             let hint = load_hint(&error);
             anyhow::Error::new(error).context(format!("loading the eBPF object failed{hint}"))
         })?;
-        for name in [XDP_PROGRAM, XDP_PASS_PROGRAM, EGRESS_PROGRAM] {
+        for name in PROGRAMS {
             let program = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the eBPF object"))?;
@@ -138,6 +150,28 @@ impl Programs {
             .program_mut(name)
             .with_context(|| format!("program {name} missing"))?
             .try_into()?)
+    }
+
+    /// How many instructions the verifier processed to load each program
+    /// (`bpf_prog_info.verified_insns`), in `PROGRAMS` order.
+    pub fn verified_instructions(&mut self) -> anyhow::Result<Vec<(&'static str, u32)>> {
+        let mut counts = Vec::new();
+        for name in PROGRAMS {
+            let program = self
+                .ebpf
+                .program(name)
+                .with_context(|| format!("program {name} missing"))?;
+            let info = match program {
+                Program::Xdp(xdp) => xdp.info()?,
+                Program::SchedClassifier(classifier) => classifier.info()?,
+                _ => bail!("program {name} has an unexpected type"),
+            };
+            let count = info
+                .verified_instruction_count()
+                .context("the kernel does not report verified instructions (Linux < 5.16)")?;
+            counts.push((name, count));
+        }
+        Ok(counts)
     }
 
     /// Starts forwarding the programs' aya-log records to the `log` crate's logger.

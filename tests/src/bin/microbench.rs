@@ -7,7 +7,7 @@ use std::{fs, path::PathBuf, time::Duration};
 
 use dns_xdp::{
     Settings,
-    programs::{XDP_PASS_PROGRAM, XDP_PROGRAM},
+    programs::{VERIFIER_BUDGET, VERIFIER_LIMIT, XDP_PASS_PROGRAM, XDP_PROGRAM},
     settings::{Levels, parse_cidr},
 };
 use dns_xdp_tests::{
@@ -183,15 +183,15 @@ fn main() -> anyhow::Result<()> {
             "ratio": program / baseline,
         }));
     }
-    let verified = harnesses[0]
-        .programs()
-        .xdp(XDP_PROGRAM)?
-        .info()?
-        .verified_instruction_count()
-        .unwrap_or(0);
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     markdown.push_str(&format!(
-        "\nThe verifier walked {verified} instructions to load `{XDP_PROGRAM}` (its limit is 1 000 000).\n"
+        "\nVerified instructions on Linux {} (limit {VERIFIER_LIMIT}, the tests' budget {VERIFIER_BUDGET}):\n\n",
+        kernel.trim()
     ));
+    for (program, count) in harnesses[0].programs().verified_instructions()? {
+        markdown.push_str(&format!("- `{program}`: {count}\n"));
+        json.push(serde_json::json!({ "program": program, "verified_instructions": count }));
+    }
     println!("BPF_PROG_TEST_RUN, {REPEAT} runs per call, median of {ROUNDS} alternating rounds\n");
     print!("{markdown}");
     fs::create_dir_all(&out_dir)?;

@@ -1,0 +1,130 @@
+//! The verifier's budget: every program of the object loads on this kernel, and each one
+//! costs the verifier at most `VERIFIER_BUDGET` instructions (half its limit). A change
+//! that makes a program harder to verify fails here, on the machine that makes it, and
+//! not on a user's. Needs root.
+//!
+//! The configuration is map data, which the verifier does not see: one load stands for
+//! every configuration the loader can write. Two very different ones are loaded anyway,
+//! and must cost the same.
+
+use aya::{Ebpf, programs::Xdp};
+use dns_xdp::{
+    Settings,
+    programs::{PROGRAMS, VERIFIER_BUDGET, VERIFIER_LIMIT, ebpf_object},
+    settings::{Levels, parse_cidr},
+};
+use dns_xdp_tests::testrun::Harness;
+
+/// The programs of the object that the loader does not load: the flood generators the
+/// lab and the benchmarks run with BPF_PROG_TEST_RUN.
+const TEST_PROGRAMS: [&str; 2] = ["flood_spoofed", "flood_few"];
+
+/// Everything on: a rate with automatic levels, a budget, slip, lists, dry-run, a
+/// big table.
+fn everything_on() -> Settings {
+    Settings {
+        rate: Some("10/s".parse().unwrap()),
+        burst: 20,
+        levels: Levels::Auto,
+        budget: Some("50000/s".parse().unwrap()),
+        slip: 2,
+        allow: vec![parse_cidr("198.18.0.0/24").unwrap()],
+        deny: vec![parse_cidr("2001:2::/48").unwrap()],
+        dry_run: true,
+        table_size: 1 << 20,
+        ports: vec![53, 853],
+        ..Settings::default()
+    }
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "unknown".into(), |release| release.trim().to_owned())
+}
+
+/// Fails naming every program over the budget.
+fn check(counts: &[(String, u32)]) {
+    let over: Vec<String> = counts
+        .iter()
+        .filter(|(_, count)| *count > VERIFIER_BUDGET)
+        .map(|(name, count)| {
+            format!(
+                "{name}: {count} verified instructions, over the budget of {VERIFIER_BUDGET} \
+                 ({:.0} % of the verifier's limit)",
+                f64::from(*count) * 100.0 / f64::from(VERIFIER_LIMIT)
+            )
+        })
+        .collect();
+    assert!(
+        over.is_empty(),
+        "on Linux {}:\n{}\ntoolchain: {}",
+        kernel_release(),
+        over.join("\n"),
+        std::env::var("DNS_XDP_TOOLCHAIN").unwrap_or_else(|_| "not reported".into())
+    );
+}
+
+#[test]
+fn every_program_verifies_within_half_the_limit() {
+    println!("kernel: Linux {}", kernel_release());
+    if let Ok(toolchain) = std::env::var("DNS_XDP_TOOLCHAIN") {
+        println!("toolchain: {toolchain}");
+    }
+    let mut counts = Vec::new();
+    let mut by_settings = Vec::new();
+    for (what, settings) in [
+        ("defaults", Settings::default()),
+        ("everything on", everything_on()),
+    ] {
+        let mut harness = Harness::with(&settings).unwrap();
+        let verified = harness.programs().verified_instructions().unwrap();
+        assert_eq!(
+            verified.iter().map(|(name, _)| *name).collect::<Vec<_>>(),
+            PROGRAMS
+        );
+        by_settings.push((what, verified));
+    }
+    // The same object costs the same whatever the configuration.
+    assert_eq!(by_settings[0].1, by_settings[1].1, "{by_settings:?}");
+    counts.extend(
+        by_settings[0]
+            .1
+            .iter()
+            .map(|(name, count)| ((*name).to_owned(), *count)),
+    );
+
+    let mut ebpf = Ebpf::load(ebpf_object().unwrap()).unwrap();
+    for name in TEST_PROGRAMS {
+        let program: &mut Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
+        program.load().unwrap();
+        let count = program
+            .info()
+            .unwrap()
+            .verified_instruction_count()
+            .unwrap();
+        counts.push((name.to_owned(), count));
+    }
+    // Every program of the object is accounted for.
+    let mut in_object: Vec<&str> = ebpf.programs().map(|(name, _)| name).collect();
+    in_object.sort_unstable();
+    let mut checked: Vec<&str> = counts.iter().map(|(name, _)| name.as_str()).collect();
+    checked.sort_unstable();
+    assert_eq!(in_object, checked);
+
+    for (name, count) in &counts {
+        println!(
+            "verified instructions: {name:<16} {count:>8}  ({:.1} % of the limit, budget {VERIFIER_BUDGET})",
+            f64::from(*count) * 100.0 / f64::from(VERIFIER_LIMIT)
+        );
+    }
+    check(&counts);
+}
+
+#[test]
+#[should_panic(expected = "dns_xdp: 500001 verified instructions, over the budget")]
+fn a_program_over_the_budget_fails_naming_it() {
+    check(&[
+        ("dns_xdp_egress".into(), 1),
+        ("dns_xdp".into(), VERIFIER_BUDGET + 1),
+    ]);
+}
