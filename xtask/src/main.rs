@@ -257,7 +257,70 @@ fn setup() -> anyhow::Result<()> {
             );
         }
     }
+    step(&format!("toolchain: {}", toolchain_report()));
     Ok(())
+}
+
+/// What decides the eBPF bytecode, and so what the verifier gets: the nightly compiler
+/// and its LLVM, bpf-linker and the libLLVM it links, and the kernel that verifies it.
+/// One line, for `setup`'s output and the tests' (a failure report carries it).
+fn toolchain_report() -> String {
+    let unknown = || "unknown".to_owned();
+    let verbose = output(
+        "rustup",
+        &["run", "nightly", "rustc", "--version", "--verbose"],
+    )
+    .unwrap_or_default();
+    let field = |name: &str| {
+        verbose
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(str::trim)
+            .map(str::to_owned)
+    };
+    let nightly = verbose.lines().next().map_or_else(unknown, str::to_owned);
+    let nightly_llvm = field("LLVM version:").unwrap_or_else(unknown);
+    let linker = output("bpf-linker", &["--version"]).unwrap_or_else(unknown);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| unknown(), |release| release.trim().to_owned());
+    format!(
+        "{nightly} with LLVM {nightly_llvm}; {linker} linking {}; kernel {kernel}",
+        linked_llvm().unwrap_or_else(unknown)
+    )
+}
+
+/// The libLLVM bpf-linker loads, with its version where it tells: Debian's (its
+/// llvm-config) or the one inside the nightly toolchain.
+fn linked_llvm() -> Option<String> {
+    let linker = env::split_paths(&env::var_os("PATH")?)
+        .map(|dir| dir.join("bpf-linker"))
+        .find(|path| path.is_file())?;
+    let ldd = output("ldd", &[linker.to_str()?])?;
+    let path = ldd
+        .lines()
+        .filter(|line| line.contains("libLLVM"))
+        .find_map(|line| line.split("=>").nth(1))?
+        .split_whitespace()
+        .next()?
+        .to_owned();
+    let path = PathBuf::from(path);
+    let real = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+    // Debian's /usr/lib/llvm-22/lib/libLLVM.so.22.1 (a link) sits beside its llvm-config.
+    let llvm_config = path.parent()?.parent()?.join("bin/llvm-config");
+    let version = if llvm_config.is_file() {
+        output(llvm_config.to_str()?, &["--version"]).map(|version| format!("LLVM {version}"))
+    } else if real
+        .components()
+        .any(|part| part.as_os_str() == "toolchains")
+    {
+        Some("nightly's own LLVM".to_owned())
+    } else {
+        None
+    };
+    Some(match version {
+        Some(version) => format!("{version} ({})", path.display()),
+        None => path.display().to_string(),
+    })
 }
 
 /// Commands the lab and the end-to-end benchmark run, and the Debian package of each.
@@ -401,8 +464,10 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     ];
     args.extend(extra.iter().map(String::as_str));
     step(&format!("cargo {}", args.join(" ")));
+    let toolchain = toolchain_report();
     let mut child = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(&args)
+        .env("DNS_XDP_TOOLCHAIN", &toolchain)
         .current_dir(workspace_root())
         .stdout(Stdio::piped())
         .spawn()
@@ -430,6 +495,7 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         }
     }
     let status = child.wait()?;
+    step(&format!("toolchain: {toolchain}"));
     println!("summary: {passed} passed, {failed} failed, {ignored} skipped");
     if !status.success() {
         bail!("cargo test failed ({status})");
