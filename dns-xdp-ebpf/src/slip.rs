@@ -72,12 +72,17 @@ pub fn truncated_reply(ctx: &XdpContext, transport: &Transport) -> Option<()> {
     } else {
         let ip = header::<20>(&frame, l3)?;
         let header_len = usize::from(ip[0] & 0x0f) * 4;
+        // Options or an authentication header would have to be mirrored or re-signed:
+        // such a query is dropped, never slipped.
+        if header_len != 20 || ip[9] != IPPROTO_UDP {
+            return None;
+        }
         ip[2..4].copy_from_slice(&((header_len + udp_len) as u16).to_be_bytes());
         ip[6..8].copy_from_slice(&[0x40, 0]); // DF, no fragment
         ip[8] = 64; // TTL
         ip[10..12].copy_from_slice(&[0, 0]);
         swap(ip, 12, 16, 4);
-        let checksum = ipv4_header_checksum(&frame, l3, header_len)?;
+        let checksum = ipv4_header_checksum(ip);
         ip[10..12].copy_from_slice(&checksum.to_be_bytes());
         (l3 + 12, 8)
     };
@@ -254,21 +259,12 @@ fn swap<const N: usize>(bytes: &mut [u8; N], a: usize, b: usize, len: usize) {
     }
 }
 
+/// RFC 1071 over an IPv4 header without options (checksum field zeroed by the caller).
 #[inline(always)]
-fn read_be16(frame: &Frame, offset: usize) -> Option<u32> {
-    let at: *const [u8; 2] = frame.ptr_at(offset).ok()?;
-    Some(u32::from(u16::from_be_bytes(unsafe { *at })))
-}
-
-/// RFC 1071 over the IPv4 header (checksum field zeroed by the caller).
-#[inline(always)]
-fn ipv4_header_checksum(frame: &Frame, l3: usize, header_len: usize) -> Option<u16> {
+fn ipv4_header_checksum(header: &[u8; 20]) -> u16 {
     let mut sum = 0u64;
-    for word in 0..30 {
-        if word * 2 >= header_len {
-            break;
-        }
-        sum += u64::from(read_be16(frame, l3 + word * 2)?);
+    for word in header.chunks_exact(2) {
+        sum += u64::from(u16::from_be_bytes([word[0], word[1]]));
     }
-    Some(fold_checksum(sum))
+    fold_checksum(sum)
 }
