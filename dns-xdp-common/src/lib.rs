@@ -169,6 +169,11 @@ pub const FLAG_LIST_V6: u16 = 4;
 /// Config flag: refuse UDP datagrams to a DNS port that cannot be queries.
 pub const FLAG_SANITY: u16 = 8;
 
+/// Config flag: admit answers (packets from a DNS port) only when they answer a query
+/// this host sent (backending: a resolver, a forwarder, the host's own lookups); off,
+/// every answer is dropped (an authoritative-only server sends no queries).
+pub const FLAG_BACKENDING: u16 = 16;
+
 /// DNS opcodes (RFC 6895) an operator may allow.
 pub const OPCODE_QUERY: u8 = 0;
 pub const OPCODE_NOTIFY: u8 = 4;
@@ -288,6 +293,11 @@ impl Config {
         self.limited() || self.budget.is_on()
     }
 
+    #[inline(always)]
+    pub const fn backending(&self) -> bool {
+        self.flags & FLAG_BACKENDING != 0
+    }
+
     /// Whether the allow/deny list of this family has entries to look up.
     #[inline(always)]
     pub const fn has_list(&self, ipv6: bool) -> bool {
@@ -376,6 +386,56 @@ pub struct SourceState {
     pub dropped: u64,
     /// Queries refused by the bucket but passed because of dry-run.
     pub would_drop: u64,
+}
+
+/// Outstanding queries and upstream connections tracked at once (`AWAITED`): when full,
+/// the oldest record makes room, and an answer to it is dropped (its resolver retries).
+pub const AWAITED_TABLE_SIZE: u32 = 65_536;
+/// How long an answer to a UDP query is awaited. Resolvers give up long before.
+pub const AWAITED_UDP_NS: u64 = 10 * NS_PER_SEC;
+/// How long an upstream TCP connection stays open to inbound segments after this host
+/// last sent one on it.
+pub const AWAITED_TCP_IDLE_NS: u64 = 60 * NS_PER_SEC;
+/// Large answers' IP datagrams whose first fragment was admitted, tracked at once.
+pub const FRAGMENT_TABLE_SIZE: u32 = 4_096;
+/// How long the rest of an admitted answer's fragments are awaited.
+pub const FRAGMENT_WINDOW_NS: u64 = 2 * NS_PER_SEC;
+
+/// Key of the `AWAITED` map: an answer this host waits for, recorded by the egress
+/// program from the query (UDP) or any segment (TCP) it sends.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Default, Debug, PartialEq, Eq, Hash)]
+pub struct AwaitedKey {
+    /// The upstream server's address; IPv4 in the first 4 bytes, the rest zero.
+    pub remote: [u8; 16],
+    /// Its port (a DNS port) and this host's.
+    pub remote_port: u16,
+    pub local_port: u16,
+    /// The query's DNS ID (UDP); 0 for a TCP connection.
+    pub id: u16,
+    pub family: u8,
+    /// 1 for a TCP connection, 0 for a UDP query.
+    pub tcp: u8,
+}
+
+/// Value of the `AWAITED` map.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Default, Debug, PartialEq, Eq)]
+pub struct AwaitedState {
+    /// Until when (`bpf_ktime_get_ns` clock) an answer is admitted.
+    pub expires_ns: u64,
+}
+
+/// Key of the `FRAGMENTS` map: an IP datagram whose first fragment was an admitted answer.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Default, Debug, PartialEq, Eq, Hash)]
+pub struct FragmentKey {
+    /// The sender's address; IPv4 in the first 4 bytes, the rest zero.
+    pub remote: [u8; 16],
+    /// The IP identification (IPv4's 16 bits, or the IPv6 fragment header's 32).
+    pub id: u32,
+    pub family: u8,
+    pub _reserved: [u8; 3],
 }
 
 /// What an allow/deny list entry does.
@@ -527,6 +587,17 @@ counters! {
     BudgetShedHeavy => "budget_shed_heavy",
     /// Queries from light sources shed because even the budget's reserve was spent.
     BudgetShedLight => "budget_shed_light",
+    /// Answers that match a query (UDP: address, ports, DNS ID) or a TCP connection this
+    /// host sent: passed.
+    AnswerAdmitted => "answer_admitted",
+    /// Answers that match nothing this host sent (spoofed, late, or backending off):
+    /// dropped (passed in dry-run).
+    AnswerUnsolicited => "answer_unsolicited",
+    /// Non-first fragments of an admitted answer's datagram: passed.
+    FragmentAdmitted => "fragment_admitted",
+    /// Non-first fragments of no admitted answer, charged to their source's buckets as
+    /// queries are (they may be a large query's).
+    FragmentPoliced => "fragment_policed",
 }
 
 counters! {
@@ -554,6 +625,8 @@ counters! {
     UpstreamTcp4Bytes => "upstream_tcp4_bytes",
     UpstreamTcp6Packets => "upstream_tcp6_packets",
     UpstreamTcp6Bytes => "upstream_tcp6_bytes",
+    /// Upstream queries and TCP segments recorded as awaiting an answer (backending).
+    AwaitedRecorded => "awaited_recorded",
 }
 
 impl EgressCounter {
@@ -720,6 +793,9 @@ mod user {
     unsafe impl aya::Pod for super::SourceKey {}
     unsafe impl aya::Pod for super::SourceState {}
     unsafe impl aya::Pod for super::ListEntry {}
+    unsafe impl aya::Pod for super::AwaitedKey {}
+    unsafe impl aya::Pod for super::AwaitedState {}
+    unsafe impl aya::Pod for super::FragmentKey {}
 }
 
 #[cfg(test)]
@@ -804,7 +880,8 @@ mod tests {
         }
         seen.sort();
         seen.dedup();
-        assert_eq!(seen.len() + 1, EgressCounter::ALL.len());
+        // Besides them: `packets` and `awaited_recorded`.
+        assert_eq!(seen.len() + 2, EgressCounter::ALL.len());
         assert_eq!(EgressCounter::for_class(Class::NonDns), None);
     }
 

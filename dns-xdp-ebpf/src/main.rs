@@ -21,9 +21,11 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::error;
 use dns_xdp_common::{
-    Class, Config, Counter, Counters, DEFAULT_TABLE_SIZE, EgressCounter, EgressCounters, L4,
-    LIST_ALLOW, Level, Limit, ListEntry, MAX_LEVELS, MAX_LIST_ENTRIES, SourceKey, SourceState,
-    budget_gcra, gcra, gcra_ceiling, is_heavy, query_defect,
+    AWAITED_TABLE_SIZE, AWAITED_TCP_IDLE_NS, AWAITED_UDP_NS, AwaitedKey, AwaitedState, Class,
+    Config, Counter, Counters, DEFAULT_TABLE_SIZE, EgressCounter, EgressCounters, FAMILY_V4,
+    FAMILY_V6, FRAGMENT_TABLE_SIZE, FRAGMENT_WINDOW_NS, FragmentKey, L4, LIST_ALLOW, Level, Limit,
+    ListEntry, MAX_LEVELS, MAX_LIST_ENTRIES, SourceKey, SourceState, budget_gcra, gcra,
+    gcra_ceiling, is_heavy, query_defect,
 };
 use parse::{Frame, StoredTransport, Transport};
 
@@ -62,6 +64,20 @@ static LIST_V4: LpmTrie<[u8; 4], ListEntry> = LpmTrie::with_max_entries(MAX_LIST
 /// IPv6 allow/deny prefixes with hit counters; entries written by the loader, hits counted here.
 #[map]
 static LIST_V6: LpmTrie<[u8; 16], ListEntry> = LpmTrie::with_max_entries(MAX_LIST_ENTRIES, 0);
+
+/// Answers this host awaits: its outstanding upstream UDP queries (address, ports, DNS
+/// ID) and its upstream TCP connections. Written by the egress program, which sees them
+/// leave; read and retired (UDP, on the answer) by `dns_xdp`. Bounded: when full, the
+/// oldest record makes room (its answer is then dropped, and its resolver retries).
+#[map]
+static AWAITED: LruHashMap<AwaitedKey, AwaitedState> =
+    LruHashMap::with_max_entries(AWAITED_TABLE_SIZE, 0);
+
+/// Datagrams whose first fragment was an admitted answer, so that their later fragments
+/// (which carry no ports) pass too. Written and read by `dns_xdp`.
+#[map]
+static FRAGMENTS: LruHashMap<FragmentKey, u64> =
+    LruHashMap::with_max_entries(FRAGMENT_TABLE_SIZE, 0);
 
 /// The parsed query handed from the parser to the policy, one per CPU; written and read
 /// back by `dns_xdp` only. Read back through memory, its offsets are values the verifier
@@ -112,11 +128,120 @@ fn try_dns_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     };
     counters.bump(Counter::Packets);
     counters.bump(class.counter());
-    let (Ok(transport), Class::Query { .. }) = (parsed, class) else {
-        return Ok(xdp_action::XDP_PASS);
+    let transport = match (parsed, class) {
+        (_, Class::NonDns) => return Ok(xdp_action::XDP_PASS),
+        // What the parser cannot finish (a header chain past its bounds, a truncated or
+        // inconsistent header) is dropped: the kernel may still deliver some of it, and
+        // nothing unparsed gets past the policy.
+        (Err(_), _) => return Ok(refuse(config, counters)),
+        (Ok(transport), _) => forget_layout(transport).ok_or(())?,
     };
-    let transport = forget_layout(transport).ok_or(())?;
-    Ok(police_query(ctx, &frame, &transport, config, counters))
+    Ok(match class {
+        Class::Query { .. } => police_query(ctx, &frame, &transport, config, counters),
+        Class::Answer { .. } => admit_answer(&frame, &transport, config, counters),
+        _ => admit_fragment(ctx, &frame, &transport, config, counters),
+    })
+}
+
+/// The source address of the packet `transport` describes, in a 16-byte key field.
+#[inline(always)]
+fn source_address(frame: &Frame, transport: &Transport) -> Option<[u8; 16]> {
+    let mut address = [0u8; 16];
+    if transport.ipv6 {
+        address = frame.ipv6_source(transport.l3).ok()?;
+    } else {
+        address[..4].copy_from_slice(&frame.ipv4_source(transport.l3).ok()?);
+    }
+    Some(address)
+}
+
+/// An answer (a packet from a DNS port) passes only if it answers a query or belongs to
+/// a TCP connection this host sent (`AWAITED`, recorded on egress). A UDP answer retires
+/// its query; if it is a datagram's first fragment, the rest of it is awaited.
+#[inline(always)]
+fn admit_answer(
+    frame: &Frame,
+    transport: &Transport,
+    config: &Config,
+    counters: &mut Counters,
+) -> u32 {
+    let tcp = transport.l4 == L4::Tcp;
+    let id = if tcp {
+        Some(0)
+    } else {
+        frame.dns_id(transport.payload, transport.payload_len)
+    };
+    let (Some(remote), Some(id), true) =
+        (source_address(frame, transport), id, config.backending())
+    else {
+        counters.bump(Counter::AnswerUnsolicited);
+        return refuse(config, counters);
+    };
+    let key = AwaitedKey {
+        remote,
+        remote_port: transport.src_port,
+        local_port: transport.dst_port,
+        id,
+        family: if transport.ipv6 { FAMILY_V6 } else { FAMILY_V4 },
+        tcp: u8::from(tcp),
+    };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a map value, read once.
+    let awaited = AWAITED
+        .get_ptr(key)
+        .is_some_and(|state| unsafe { (*state).expires_ns } >= now);
+    if !awaited {
+        counters.bump(Counter::AnswerUnsolicited);
+        return refuse(config, counters);
+    }
+    if !tcp {
+        let _ = AWAITED.remove(key);
+        if transport.first_fragment {
+            let fragment = FragmentKey {
+                remote,
+                id: transport.fragment_id,
+                family: key.family,
+                _reserved: [0; 3],
+            };
+            let _ = FRAGMENTS.insert(fragment, now + FRAGMENT_WINDOW_NS, 0);
+        }
+    }
+    counters.bump(Counter::AnswerAdmitted);
+    xdp_action::XDP_PASS
+}
+
+/// A later fragment passes if its datagram's first fragment was an admitted answer;
+/// any other is charged to its source's buckets as a query is (it may be a large
+/// query's), and decided by the lists and levels like one.
+#[inline(always)]
+fn admit_fragment(
+    ctx: &XdpContext,
+    frame: &Frame,
+    transport: &Transport,
+    config: &Config,
+    counters: &mut Counters,
+) -> u32 {
+    if let Some(remote) = source_address(frame, transport) {
+        let key = FragmentKey {
+            remote,
+            id: transport.fragment_id,
+            family: if transport.ipv6 { FAMILY_V6 } else { FAMILY_V4 },
+            _reserved: [0; 3],
+        };
+        // SAFETY: a helper without arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        // SAFETY: a map value, read once.
+        if FRAGMENTS
+            .get_ptr(key)
+            .is_some_and(|expires| unsafe { *expires } >= now)
+        {
+            counters.bump(Counter::FragmentAdmitted);
+            return xdp_action::XDP_PASS;
+        }
+    }
+    counters.bump(Counter::FragmentPoliced);
+    police_query(ctx, frame, transport, config, counters)
 }
 
 /// `transport` stored in `PARSED` and read back: the same values, now unknown to the
@@ -174,7 +299,7 @@ fn police_query(
 ) -> u32 {
     match transport.l4 {
         // Sanity first: a datagram that cannot be a query is refused whatever its source.
-        L4::Udp if config.sanity() => {
+        L4::Udp if config.sanity() && !transport.later_fragment => {
             let defect = match frame.dns_header(transport.payload, transport.payload_len) {
                 None => Some(Counter::NotQueryShort),
                 Some((flags, qdcount)) => query_defect(flags, qdcount, config.allowed_opcodes),
@@ -253,6 +378,7 @@ fn police_query(
     // Slip one in N refused UDP queries (N counted per CPU): a truncated reply sends a
     // real client to TCP, where spoofing cannot follow.
     if transport.l4 == L4::Udp
+        && !transport.later_fragment
         && config.slip != 0
         && counters
             .get(Counter::RateLimited)
@@ -506,15 +632,58 @@ fn try_dns_xdp_egress(ctx: &TcContext) -> Result<(), ()> {
         EGRESS_PULL_BYTES
     });
     let frame = Frame::new(ctx.data(), ctx.data_end());
-    let class = match frame.transport() {
+    let parsed = frame.transport();
+    let class = match &parsed {
         Ok(transport) => transport.class(&config.dns_ports),
-        Err(class) => class,
+        Err(class) => *class,
     };
     if let Some((packets, bytes)) = EgressCounter::for_class(class) {
         counters.bump(packets);
         counters.add_to(bytes, u64::from(len));
     }
+    if let (Ok(transport), Class::Query { .. }, true) = (parsed, class, config.backending())
+        && await_answer(&frame, &transport).is_some()
+    {
+        counters.bump(EgressCounter::AwaitedRecorded);
+    }
     Ok(())
+}
+
+/// Records an upstream query (UDP) or a segment of an upstream connection (TCP) leaving,
+/// so that XDP admits its answer: the key an answer will carry, with how long to await it.
+#[inline(always)]
+fn await_answer(frame: &Frame, transport: &Transport) -> Option<()> {
+    let tcp = transport.l4 == L4::Tcp;
+    let id = if tcp {
+        0
+    } else {
+        frame.dns_id(transport.payload, transport.payload_len)?
+    };
+    let mut remote = [0u8; 16];
+    if transport.ipv6 {
+        remote = frame.ipv6_destination(transport.l3).ok()?;
+    } else {
+        remote[..4].copy_from_slice(&frame.ipv4_destination(transport.l3).ok()?);
+    }
+    let key = AwaitedKey {
+        remote,
+        remote_port: transport.dst_port,
+        local_port: transport.src_port,
+        id,
+        family: if transport.ipv6 { FAMILY_V6 } else { FAMILY_V4 },
+        tcp: u8::from(tcp),
+    };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let state = AwaitedState {
+        expires_ns: now
+            + if tcp {
+                AWAITED_TCP_IDLE_NS
+            } else {
+                AWAITED_UDP_NS
+            },
+    };
+    AWAITED.insert(key, state, 0).ok()
 }
 
 /// Minimal program for benchmarks: the cost of running any XDP program at all.

@@ -54,11 +54,20 @@ pub struct Transport {
     pub syn: bool,
     pub src_port: u16,
     pub dst_port: u16,
+    /// The first fragment of a datagram (offset 0, more fragments).
+    pub first_fragment: bool,
+    /// A later fragment: no transport header (`l4` and the ports mean nothing then).
+    pub later_fragment: bool,
+    /// The IP identification of a fragment (IPv4's 16 bits, IPv6's 32); 0 otherwise.
+    pub fragment_id: u32,
 }
 
 impl Transport {
     #[inline(always)]
     pub fn class(&self, ports: &PortSet) -> Class {
+        if self.later_fragment {
+            return Class::Fragment;
+        }
         Class::of_ports(ports, self.l4, self.ipv6, self.src_port, self.dst_port)
     }
 
@@ -71,11 +80,15 @@ impl Transport {
             payload_len: self.payload_len as u32,
             bits: u32::from(self.ipv6)
                 | u32::from(self.l4 == L4::Tcp) << 1
-                | u32::from(self.syn) << 2,
+                | u32::from(self.syn) << 2
+                | u32::from(self.first_fragment) << 3
+                | u32::from(self.later_fragment) << 4,
+            ports: u32::from(self.src_port) << 16 | u32::from(self.dst_port),
+            fragment_id: self.fragment_id,
         }
     }
 
-    /// The transport `stored` holds, ports left out (they are read before it is stored).
+    /// The transport `stored` holds.
     #[inline(always)]
     pub fn from_stored(stored: StoredTransport) -> Self {
         Self {
@@ -89,14 +102,17 @@ impl Transport {
             payload: stored.payload as usize,
             payload_len: stored.payload_len as usize,
             syn: stored.bits & 4 != 0,
-            src_port: 0,
-            dst_port: 0,
+            src_port: (stored.ports >> 16) as u16,
+            dst_port: stored.ports as u16,
+            first_fragment: stored.bits & 8 != 0,
+            later_fragment: stored.bits & 16 != 0,
+            fragment_id: stored.fragment_id,
         }
     }
 }
 
-/// A `Transport` as plain integers (bit 0: IPv6, bit 1: TCP, bit 2: SYN), as the
-/// `PARSED` map holds it.
+/// A `Transport` as plain integers (bits: 0 IPv6, 1 TCP, 2 SYN, 3 first fragment, 4 later
+/// fragment; ports: the source in the high half), as the `PARSED` map holds it.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct StoredTransport {
@@ -104,6 +120,8 @@ pub struct StoredTransport {
     payload: u32,
     payload_len: u32,
     bits: u32,
+    ports: u32,
+    fragment_id: u32,
 }
 
 /// A frame in memory: `[start, end)`.
@@ -122,6 +140,9 @@ struct IpPayload {
     ipv6: bool,
     /// Carries the first fragment of a datagram: the UDP length covers more than this frame.
     first_fragment: bool,
+    /// Carries a later fragment: no transport header.
+    later_fragment: bool,
+    fragment_id: u32,
 }
 
 #[inline(always)]
@@ -167,6 +188,31 @@ impl Frame {
         Ok(unsafe { (*ip).src_addr })
     }
 
+    /// The destination address of the IPv4 header at `l3`.
+    #[inline(always)]
+    pub fn ipv4_destination(&self, l3: usize) -> Result<[u8; 4], Class> {
+        let ip: *const Ipv4Hdr = self.ptr_at(l3)?;
+        Ok(unsafe { (*ip).dst_addr })
+    }
+
+    /// The destination address of the IPv6 header at `l3`.
+    #[inline(always)]
+    pub fn ipv6_destination(&self, l3: usize) -> Result<[u8; 16], Class> {
+        let ip: *const Ipv6Hdr = self.ptr_at(l3)?;
+        Ok(unsafe { (*ip).dst_addr })
+    }
+
+    /// The ID of the DNS message at `offset` (its first two bytes), if `len` bytes there
+    /// hold at least those.
+    #[inline(always)]
+    pub fn dns_id(&self, offset: usize, len: usize) -> Option<u16> {
+        if len < 2 {
+            return None;
+        }
+        let id: *const [u8; 2] = self.ptr_at(offset).ok()?;
+        Some(be16(unsafe { *id }))
+    }
+
     /// The third byte (QR, opcode) and the question count of the DNS header at
     /// `offset`, if `len` bytes there hold one.
     #[inline(always)]
@@ -179,8 +225,9 @@ impl Frame {
         Some((header[2], be16([header[4], header[5]])))
     }
 
-    /// Parses down to the transport header. `Err` carries the final class of frames
-    /// that have none: non-DNS, malformed, non-first fragment.
+    /// Parses down to the transport header, or to the IP payload of a later fragment
+    /// (`later_fragment`: class `Fragment`). `Err` carries the final class of frames that
+    /// have neither: non-DNS, malformed.
     #[inline(always)]
     pub fn transport(&self) -> Result<Transport, Class> {
         let (ether_type, l3) = self.ethernet()?;
@@ -189,6 +236,21 @@ impl Frame {
             ETH_P_IPV6 => self.ipv6(l3)?,
             _ => return Err(Class::NonDns),
         };
+        if ip.later_fragment {
+            return Ok(Transport {
+                l4: L4::Udp,
+                ipv6: ip.ipv6,
+                l3: ip.l3,
+                payload: ip.offset,
+                payload_len: ip.end - ip.offset,
+                syn: false,
+                src_port: 0,
+                dst_port: 0,
+                first_fragment: false,
+                later_fragment: true,
+                fragment_id: ip.fragment_id,
+            });
+        }
         match ip.protocol {
             IPPROTO_UDP => self.udp(&ip),
             IPPROTO_TCP => self.tcp(&ip),
@@ -233,16 +295,15 @@ impl Frame {
             protocol: ip.proto,
             ipv6: false,
             first_fragment: false,
+            later_fragment: false,
+            fragment_id: u32::from(be16(ip.id)),
         };
         // One authentication header may sit between IPv4 and the transport (RFC 4302).
         if payload.protocol == IPPROTO_AH {
             (payload.protocol, payload.offset) = self.auth_header(payload.offset, payload.end)?;
         }
-        let more_fragments = ip.frag_flags() & 1 != 0;
-        if ip.frag_offset() != 0 {
-            return Err(Class::Fragment);
-        }
-        payload.first_fragment = more_fragments;
+        payload.later_fragment = ip.frag_offset() != 0;
+        payload.first_fragment = ip.frag_flags() & 1 != 0 && !payload.later_fragment;
         Ok(payload)
     }
 
@@ -267,6 +328,7 @@ impl Frame {
         let mut offset = l3 + Ipv6Hdr::LEN;
         let mut fragmented = false;
         let mut later_fragment = false;
+        let mut fragment_id = 0;
         // One turn per extension header, and a last one for the header after them.
         for index in 0..=MAX_IPV6_EXT_HEADERS {
             match protocol {
@@ -296,20 +358,20 @@ impl Frame {
                     let offset_and_flags = be16([frag[2], frag[3]]);
                     later_fragment |= offset_and_flags >> 3 != 0;
                     fragmented |= offset_and_flags >> 3 != 0 || offset_and_flags & 1 != 0;
+                    fragment_id = u32::from_be_bytes([frag[4], frag[5], frag[6], frag[7]]);
                     (protocol, offset) = (frag[0], offset + 8);
                 }
                 IPPROTO_AH => (protocol, offset) = self.auth_header(offset, end)?,
                 _ => {
-                    if later_fragment {
-                        return Err(Class::Fragment);
-                    }
                     return Ok(IpPayload {
                         l3,
                         offset,
                         end,
                         protocol,
                         ipv6: true,
-                        first_fragment: fragmented,
+                        first_fragment: fragmented && !later_fragment,
+                        later_fragment,
+                        fragment_id,
                     });
                 }
             }
@@ -362,6 +424,9 @@ impl Frame {
             syn: false,
             src_port: be16(udp.src),
             dst_port: be16(udp.dst),
+            first_fragment: ip.first_fragment,
+            later_fragment: false,
+            fragment_id: ip.fragment_id,
         })
     }
 
@@ -382,6 +447,9 @@ impl Frame {
             syn: tcp.syn() != 0 && tcp.ack() == 0,
             src_port: be16(tcp.source),
             dst_port: be16(tcp.dest),
+            first_fragment: ip.first_fragment,
+            later_fragment: false,
+            fragment_id: ip.fragment_id,
         })
     }
 }

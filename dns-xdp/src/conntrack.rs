@@ -392,8 +392,12 @@ fn value_contains(value: &Value, port: u16) -> bool {
     }
 }
 
-/// The accept rules an operator should add for `hazard`, in nft and iptables syntax.
-pub fn advice(hazard: &Hazard, ports: &[u16]) -> Vec<String> {
+/// The accept rules an operator should add for `hazard`, in nft and iptables syntax,
+/// scoped to `iface`: the interface dns-xdp guards. There, XDP drops every packet from a
+/// DNS port that answers nothing this host sent, so a stateless source-port accept lets
+/// in only real answers; on any other interface it would let in anything sent from
+/// port 53 (`nmap -g 53`).
+pub fn advice(hazard: &Hazard, ports: &[u16], iface: &str) -> Vec<String> {
     let list = |separator: &str| {
         ports
             .iter()
@@ -412,13 +416,18 @@ pub fn advice(hazard: &Hazard, ports: &[u16]) -> Vec<String> {
             field,
             lets_through,
         } = needed;
+        let (nft_iface, iptables_iface) = if *hook == "input" {
+            ("iifname", "-i")
+        } else {
+            ("oifname", "-o")
+        };
         lines.push(format!(
-            "nft add rule {} meta l4proto {{ udp, tcp }} th {field} {ports_nft} accept   # {lets_through}",
+            "nft add rule {} {nft_iface} \"{iface}\" meta l4proto {{ udp, tcp }} th {field} {ports_nft} accept   # {lets_through}",
             hazard.chain
         ));
         for proto in ["udp", "tcp"] {
             lines.push(format!(
-                "iptables -I {} -p {proto} -m multiport --{field}s {} -j ACCEPT   # {lets_through}",
+                "iptables -I {} {iptables_iface} {iface} -p {proto} -m multiport --{field}s {} -j ACCEPT   # {lets_through}",
                 hook.to_uppercase(),
                 list(",")
             ));
@@ -492,15 +501,15 @@ mod tests {
             .map(|needed| needed.field)
             .collect();
         assert_eq!(fields, ["dport", "sport"]);
-        let advice = advice(&hazards[0], &[53]);
+        let advice = advice(&hazards[0], &[53], "eth0");
         assert!(
             advice[0].starts_with(
-                "nft add rule inet filter input meta l4proto { udp, tcp } th dport 53 accept"
+                "nft add rule inet filter input iifname \"eth0\" meta l4proto { udp, tcp } th dport 53 accept"
             ),
             "{advice:?}"
         );
         assert!(advice.iter().any(|line| {
-            line.starts_with("iptables -I INPUT -p tcp -m multiport --sports 53 -j ACCEPT")
+            line.starts_with("iptables -I INPUT -i eth0 -p tcp -m multiport --sports 53 -j ACCEPT")
         }));
     }
 

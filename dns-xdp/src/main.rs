@@ -18,7 +18,9 @@ use dns_xdp::{
     settings::{IpNet, Levels, Rate, Settings, parse_cidr},
     status::{self, Status},
 };
-use dns_xdp_common::{Counters, DNS_PORT, FLAG_DRY_RUN, FLAG_SANITY, Level, Limit};
+use dns_xdp_common::{
+    Counters, DNS_PORT, FLAG_BACKENDING, FLAG_DRY_RUN, FLAG_SANITY, Level, Limit,
+};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -145,6 +147,9 @@ struct SetArgs {
     dry_run: Option<bool>,
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     dns_sanity: Option<bool>,
+    /// Admit only answers to this host's own queries; `false` drops every answer.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    backending: Option<bool>,
     #[arg(long, value_name = "LIST", value_parser = dns_xdp::settings::parse_opcodes)]
     opcodes: Option<u16>,
     /// Answer one in N rate-limited UDP queries with a truncated reply; 0: never.
@@ -287,7 +292,10 @@ async fn attach(options: Options, daemon: bool, json: bool) -> anyhow::Result<()
         match conntrack::hazards(&settings.ports) {
             Ok(hazards) => {
                 for hazard in &hazards {
-                    log::warn!("{}", status::hazard_warning(hazard, &settings.ports));
+                    log::warn!(
+                        "{}",
+                        status::hazard_warning(hazard, &settings.ports, &iface)
+                    );
                 }
             }
             Err(error) => log::warn!("could not check the filter rules: {error:#}"),
@@ -501,7 +509,11 @@ fn set(args: &SetArgs) -> anyhow::Result<()> {
             };
         }
     }
-    for (on, flag) in [(args.dry_run, FLAG_DRY_RUN), (args.dns_sanity, FLAG_SANITY)] {
+    for (on, flag) in [
+        (args.dry_run, FLAG_DRY_RUN),
+        (args.dns_sanity, FLAG_SANITY),
+        (args.backending, FLAG_BACKENDING),
+    ] {
         match on {
             Some(true) => config.flags |= flag,
             Some(false) => config.flags &= !flag,

@@ -18,7 +18,7 @@ use dns_xdp_common::{
 use ipnet::IpNet;
 
 /// The maps that outlive a loader (pinned): everything but the log ring buffer.
-pub const PINNED_MAPS: [&str; 7] = [
+pub const PINNED_MAPS: [&str; 9] = [
     "CONFIG",
     "CONFIG_SLOT",
     "COUNTERS",
@@ -26,6 +26,8 @@ pub const PINNED_MAPS: [&str; 7] = [
     "SOURCES",
     "LIST_V4",
     "LIST_V6",
+    "AWAITED",
+    "FRAGMENTS",
 ];
 
 /// A source prefix with what happened to its queries.
@@ -74,7 +76,7 @@ pub struct ListReport {
 }
 
 /// Key and value sizes of every pinned map, as this build lays them out.
-fn layouts() -> [(&'static str, usize, usize); 7] {
+fn layouts() -> [(&'static str, usize, usize); 9] {
     use std::mem::size_of;
     [
         ("CONFIG", 4, size_of::<dns_xdp_common::Config>()),
@@ -84,6 +86,12 @@ fn layouts() -> [(&'static str, usize, usize); 7] {
         ("SOURCES", size_of::<SourceKey>(), size_of::<SourceState>()),
         ("LIST_V4", 4 + 4, size_of::<ListEntry>()),
         ("LIST_V6", 4 + 16, size_of::<ListEntry>()),
+        (
+            "AWAITED",
+            size_of::<dns_xdp_common::AwaitedKey>(),
+            size_of::<dns_xdp_common::AwaitedState>(),
+        ),
+        ("FRAGMENTS", size_of::<dns_xdp_common::FragmentKey>(), 8),
     ]
 }
 

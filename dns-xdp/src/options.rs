@@ -173,6 +173,11 @@ pub struct Options {
     /// DNS header, question count not 1, or an opcode not in --opcodes [default: true].
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub dns_sanity: Option<bool>,
+    /// Admit answers (packets from a DNS port) only when they answer a query or belong
+    /// to a TCP connection this host sent; `false` drops every answer, for
+    /// authoritative-only servers [default: true].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub backending: Option<bool>,
     /// Opcodes allowed in queries: names or numbers, comma-separated
     /// [default: query,notify,update].
     #[arg(long, value_name = "LIST", value_parser = parse_opcodes)]
@@ -245,6 +250,7 @@ impl Options {
             dry_run: self.dry_run.or(file.dry_run),
             conntrack_bypass: self.conntrack_bypass.or(file.conntrack_bypass),
             dns_sanity: self.dns_sanity.or(file.dns_sanity),
+            backending: self.backending.or(file.backending),
             opcodes: self.opcodes.or(file.opcodes),
             levels: self.levels.or(file.levels),
             slip: self.slip.or(file.slip),
@@ -308,6 +314,7 @@ impl Options {
             dry_run: self.dry_run.unwrap_or(defaults.dry_run),
             conntrack_bypass: self.conntrack_bypass.unwrap_or(defaults.conntrack_bypass),
             dns_sanity: self.dns_sanity.unwrap_or(defaults.dns_sanity),
+            backending: self.backending.unwrap_or(defaults.backending),
             opcodes: self.opcodes.unwrap_or(defaults.opcodes),
             levels: self.levels.clone().unwrap_or(defaults.levels),
             slip: self.slip.unwrap_or(defaults.slip),

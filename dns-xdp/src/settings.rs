@@ -4,9 +4,9 @@ use std::{fmt, net::IpAddr, str::FromStr};
 
 use anyhow::{Context as _, bail, ensure};
 use dns_xdp_common::{
-    Config, DEFAULT_OPCODES, DEFAULT_TABLE_SIZE, FLAG_DRY_RUN, FLAG_LIST_V4, FLAG_LIST_V6,
-    FLAG_SANITY, Level, Limit, MAX_LEVELS, MAX_LIST_ENTRIES, NS_PER_SEC, OPCODE_NOTIFY,
-    OPCODE_QUERY, OPCODE_UPDATE, PortSet,
+    Config, DEFAULT_OPCODES, DEFAULT_TABLE_SIZE, FLAG_BACKENDING, FLAG_DRY_RUN, FLAG_LIST_V4,
+    FLAG_LIST_V6, FLAG_SANITY, Level, Limit, MAX_LEVELS, MAX_LIST_ENTRIES, NS_PER_SEC,
+    OPCODE_NOTIFY, OPCODE_QUERY, OPCODE_UPDATE, PortSet,
 };
 pub use ipnet::IpNet;
 
@@ -184,6 +184,9 @@ pub struct Settings {
     /// Refuse UDP to a DNS port that cannot be a query (a response, a short or
     /// multi-question message, a disallowed opcode).
     pub dns_sanity: bool,
+    /// Admit answers only to queries and TCP connections this host sent; off, drop
+    /// every answer (`FLAG_BACKENDING`).
+    pub backending: bool,
     /// Opcodes allowed in queries, as a bit set (`parse_opcodes`).
     pub opcodes: u16,
     /// Aggregate prefix levels checked after the per-source one.
@@ -258,6 +261,7 @@ impl Default for Settings {
             dry_run: false,
             conntrack_bypass: true,
             dns_sanity: true,
+            backending: true,
             opcodes: DEFAULT_OPCODES,
             levels: Levels::Auto,
             slip: 0,
@@ -403,6 +407,7 @@ impl Settings {
         for (on, flag) in [
             (self.dry_run, FLAG_DRY_RUN),
             (self.dns_sanity, FLAG_SANITY),
+            (self.backending, FLAG_BACKENDING),
             (listed(true), FLAG_LIST_V4),
             (listed(false), FLAG_LIST_V6),
         ] {

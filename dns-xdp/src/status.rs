@@ -145,7 +145,10 @@ impl Status {
             None => text.push_str("  conntrack:  not loaded\n"),
         }
         for hazard in &self.hazards {
-            text.push_str(&format!("  warning: {}\n", hazard_warning(hazard, ports)));
+            text.push_str(&format!(
+                "  warning: {}\n",
+                hazard_warning(hazard, ports, &self.iface)
+            ));
         }
         text
     }
@@ -175,6 +178,7 @@ pub fn config_json(config: &Config) -> Value {
         .into();
     value["dry_run"] = json!(config.dry_run());
     value["dns_sanity"] = json!(config.sanity());
+    value["backending"] = json!(config.backending());
     value["slip"] = json!(config.slip);
     value["budget"] = config
         .budget
@@ -203,13 +207,13 @@ pub fn headroom_json(headroom: Option<Headroom>) -> Value {
 }
 
 /// The warning for a chain that drops untracked DNS, with the rules that fix it.
-pub fn hazard_warning(hazard: &Hazard, ports: &[u16]) -> String {
+pub fn hazard_warning(hazard: &Hazard, ports: &[u16], iface: &str) -> String {
     let mut text = format!(
         "chain {} drops by default and has no stateless accept for the DNS ports; \
          untracked DNS will be dropped there. Add:",
         hazard.chain
     );
-    for line in conntrack::advice(hazard, ports) {
+    for line in conntrack::advice(hazard, ports, iface) {
         text.push_str(&format!("\n    {line}"));
     }
     text

@@ -101,7 +101,7 @@ fn a_source_gets_exactly_its_burst_then_drops() {
         (source.passed, source.dropped, source.would_drop),
         (20, 80, 0)
     );
-    // Answers and other traffic are never limited.
+    // Answers are never charged to buckets (unsolicited ones are dropped for that).
     let answer = build(&[
         Layer::Eth,
         Layer::ipv4(),
@@ -110,7 +110,11 @@ fn a_source_gets_exactly_its_burst_then_drops() {
             dst: 40000,
         },
     ]);
-    assert_eq!(admitted(&mut harness, &answer, 10), 10);
+    let outcome = harness.run(&answer).unwrap();
+    assert_eq!(
+        outcome.bumped(),
+        [Counter::AnswerUdp4, Counter::AnswerUnsolicited]
+    );
 }
 
 #[test]
@@ -542,7 +546,8 @@ fn datagrams_that_cannot_be_queries_are_refused_by_reason() {
             );
         }
     }
-    // Answers from port 53 (a resolver's upstream traffic) are never checked.
+    // Answers from port 53 (a resolver's upstream traffic) are never checked as queries:
+    // answer admission decides them.
     let answer = build(&[
         Layer::Eth,
         Layer::ipv4(),
@@ -552,7 +557,10 @@ fn datagrams_that_cannot_be_queries_are_refused_by_reason() {
         },
         Layer::Payload(with_flags(query.clone(), 0x81, 1)),
     ]);
-    assert_eq!(harness.run(&answer).unwrap().verdict, XDP_PASS);
+    assert_eq!(
+        harness.run(&answer).unwrap().bumped(),
+        [Counter::AnswerUdp4, Counter::AnswerUnsolicited]
+    );
 
     // Dry-run counts instead of dropping; with the check off nothing is counted.
     let dry = Settings {

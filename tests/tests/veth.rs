@@ -236,11 +236,26 @@ fn queries_and_answers_over_veth_are_counted_and_ctrl_c_detaches() {
         ] {
             assert_eq!(get(counter), 0, "{side} {counter:?}: {}", show(counters));
         }
-        let classified: u64 = counters.values[1..].iter().sum();
+        let classified: u64 = Counter::ALL
+            .iter()
+            .filter(|counter| counter.is_class())
+            .map(|&counter| get(counter))
+            .sum();
         assert_eq!(
             get(Counter::Packets),
             classified,
             "{side}: one class per packet"
         );
+        // Every answer the client got answers a query it sent; the later fragments of
+        // its answers pass with them. At the server, the later fragments of queries are
+        // charged like queries (no limit here: all pass).
+        assert_eq!(get(Counter::AnswerUnsolicited), 0, "{side}");
+        let (admitted, policed) = if query {
+            (0, non_first)
+        } else {
+            (non_first, 0)
+        };
+        assert_eq!(get(Counter::FragmentAdmitted), admitted, "{side}");
+        assert_eq!(get(Counter::FragmentPoliced), policed, "{side}");
     }
 }
