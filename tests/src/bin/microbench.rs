@@ -44,6 +44,30 @@ fn settings(rate: Option<&str>, burst: u32, allow: &[&str], deny: &[&str]) -> Se
     }
 }
 
+/// A TCP segment from an upstream server (port 53) to this host's port 40000.
+fn upstream_segment() -> Vec<u8> {
+    let mut frame = build(&[
+        Layer::Eth,
+        Layer::ipv4(),
+        Layer::Tcp {
+            src: 53,
+            dst: 40000,
+        },
+    ]);
+    frame[14 + 20 + 13] = 0x10; // ACK
+    frame
+}
+
+/// Swaps the IPv4 addresses and the ports of a frame without IP options.
+fn swap_ends(frame: &mut [u8]) {
+    for index in 0..4 {
+        frame.swap(14 + 12 + index, 14 + 16 + index);
+    }
+    for index in 0..2 {
+        frame.swap(14 + 20 + index, 14 + 22 + index);
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let out_dir = std::env::args()
         .nth(1)
@@ -148,7 +172,29 @@ fn main() -> anyhow::Result<()> {
             harness: 3,
             frame: udp4([198, 18, 9, 7]),
         },
+        Path {
+            name: "answer, unsolicited (UDP from port 53, drop)",
+            harness: 0,
+            frame: build(&[
+                Layer::Eth,
+                Layer::ipv4(),
+                Layer::Udp {
+                    src: 53,
+                    dst: 40000,
+                },
+                query(),
+            ]),
+        },
+        Path {
+            name: "answer admitted (TCP segment of an upstream connection)",
+            harness: 0,
+            frame: upstream_segment(),
+        },
     ];
+    // The upstream connection the admitted segments belong to, as egress records it.
+    let mut outgoing = upstream_segment();
+    swap_ends(&mut outgoing);
+    harnesses[0].run_egress(&outgoing)?;
     let mut rows = Vec::new();
     for path in &paths {
         let (mut program, mut baseline) = (Vec::new(), Vec::new());
