@@ -231,6 +231,32 @@ pub struct Config {
     /// The server budget: queries/s the server behind can answer, shared by all
     /// sources (`budget_gcra`); off when its interval is 0.
     pub budget: Limit,
+    /// Slipped replies to all destinations together: beyond it a refused query is
+    /// dropped, not slipped (slip must not turn the server into a reflector).
+    pub slip_cap: Limit,
+    /// Slipped replies to one destination prefix (`SLIP_V4_PREFIX`, `SLIP_V6_PREFIX`).
+    pub slip_prefix_cap: Limit,
+}
+
+/// The destination prefixes slip's per-prefix cap counts by: a victim's network, as a
+/// reflection attack would aim at it.
+pub const SLIP_V4_PREFIX: u8 = 24;
+pub const SLIP_V6_PREFIX: u8 = 48;
+/// Slots of the per-prefix slip caps (64 KiB of kernel memory).
+pub const SLIP_PREFIX_SLOTS: u32 = 8192;
+
+/// FNV-1a over a destination prefix's bytes and its family: spreads prefixes over the
+/// slip caps' slots. Not keyed: colliding prefixes share a cap, which only makes their
+/// slips rarer, never more frequent.
+#[inline(always)]
+pub fn slip_prefix_hash(prefix: &[u8], family: u8) -> u32 {
+    let mut hash = 0x811c_9dc5u32 ^ u32::from(family);
+    hash = hash.wrapping_mul(0x0100_0193);
+    for &byte in prefix {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash
 }
 
 /// Prefix levels limited at once.
@@ -338,8 +364,10 @@ pub struct SourceKey {
     pub family: u8,
     pub prefix_len: u8,
     pub level: u8,
-    /// 1 for TCP connection attempts, 0 for UDP: a UDP flood from a source does not
-    /// empty the bucket its TCP fallback (after a slipped reply) is charged to.
+    /// Which bucket of the prefix (`BUCKET_*`): UDP queries, TCP connection attempts or
+    /// TCP data segments. A UDP flood from a source does not empty the buckets its TCP
+    /// fallback (after a slipped reply) is charged to, and a connection attempt does not
+    /// spend the query it carries.
     pub tcp: u8,
 }
 
@@ -371,6 +399,22 @@ impl SourceKey {
             *out = byte & mask;
         }
         key
+    }
+}
+
+/// `SourceKey::tcp`: the bucket of UDP queries.
+pub const BUCKET_UDP: u8 = 0;
+/// `SourceKey::tcp`: the bucket of TCP connection attempts (SYNs).
+pub const BUCKET_TCP_CONNECT: u8 = 1;
+/// `SourceKey::tcp`: the bucket of TCP segments with data (queries) on a connection.
+pub const BUCKET_TCP_DATA: u8 = 2;
+
+/// The name of a `BUCKET_*` value, as reports and metrics label it.
+pub const fn bucket_name(bucket: u8) -> &'static str {
+    match bucket {
+        BUCKET_UDP => "udp",
+        BUCKET_TCP_CONNECT => "tcp",
+        _ => "tcp_data",
     }
 }
 
@@ -418,6 +462,29 @@ pub struct AwaitedKey {
     pub tcp: u8,
 }
 
+impl AwaitedKey {
+    /// The record of a UDP query with DNS ID `id` (TCP: a connection, `id` 0) between
+    /// this host's `local_port` and `remote_port` at `remote`.
+    #[inline(always)]
+    pub const fn new(
+        remote: [u8; 16],
+        remote_port: u16,
+        local_port: u16,
+        id: u16,
+        ipv6: bool,
+        tcp: bool,
+    ) -> Self {
+        Self {
+            remote,
+            remote_port,
+            local_port,
+            id,
+            family: if ipv6 { FAMILY_V6 } else { FAMILY_V4 },
+            tcp: tcp as u8,
+        }
+    }
+}
+
 /// Value of the `AWAITED` map.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Default, Debug, PartialEq, Eq)]
@@ -436,6 +503,19 @@ pub struct FragmentKey {
     pub id: u32,
     pub family: u8,
     pub _reserved: [u8; 3],
+}
+
+impl FragmentKey {
+    /// The record of the datagram with IP identification `id` from `remote`.
+    #[inline(always)]
+    pub const fn new(remote: [u8; 16], id: u32, ipv6: bool) -> Self {
+        Self {
+            remote,
+            id,
+            family: if ipv6 { FAMILY_V6 } else { FAMILY_V4 },
+            _reserved: [0; 3],
+        }
+    }
 }
 
 /// What an allow/deny list entry does.
@@ -598,6 +678,15 @@ counters! {
     /// Non-first fragments of no admitted answer, charged to their source's buckets as
     /// queries are (they may be a large query's).
     FragmentPoliced => "fragment_policed",
+    /// Refused UDP queries dropped instead of slipped: a slip cap (all destinations, or
+    /// the destination's prefix) was spent.
+    SlipCapped => "slip_capped",
+    /// TCP segments to a DNS port, other than connection attempts, of no connection this
+    /// server accepted: dropped (so no RST answers a spoofed source).
+    TcpUnsolicited => "tcp_unsolicited",
+    /// TCP segments with data (queries) on an accepted connection: charged to the
+    /// source's TCP buckets, one query each.
+    TcpSegmentCharged => "tcp_segment_charged",
 }
 
 counters! {
@@ -625,7 +714,8 @@ counters! {
     UpstreamTcp4Bytes => "upstream_tcp4_bytes",
     UpstreamTcp6Packets => "upstream_tcp6_packets",
     UpstreamTcp6Bytes => "upstream_tcp6_bytes",
-    /// Upstream queries and TCP segments recorded as awaiting an answer (backending).
+    /// Upstream queries and TCP segments recorded as awaiting an answer (backending), and
+    /// TCP segments of connections this server accepted (their SYN-ACK and answers).
     AwaitedRecorded => "awaited_recorded",
 }
 

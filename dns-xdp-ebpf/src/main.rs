@@ -21,11 +21,12 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::error;
 use dns_xdp_common::{
-    AWAITED_TABLE_SIZE, AWAITED_TCP_IDLE_NS, AWAITED_UDP_NS, AwaitedKey, AwaitedState, Class,
-    Config, Counter, Counters, DEFAULT_TABLE_SIZE, EgressCounter, EgressCounters, FAMILY_V4,
-    FAMILY_V6, FRAGMENT_TABLE_SIZE, FRAGMENT_WINDOW_NS, FragmentKey, L4, LIST_ALLOW, Level, Limit,
-    ListEntry, MAX_LEVELS, MAX_LIST_ENTRIES, SourceKey, SourceState, budget_gcra, gcra,
-    gcra_ceiling, is_heavy, query_defect,
+    AWAITED_TABLE_SIZE, AWAITED_TCP_IDLE_NS, AWAITED_UDP_NS, AwaitedKey, AwaitedState,
+    BUCKET_TCP_CONNECT, BUCKET_TCP_DATA, BUCKET_UDP, Class, Config, Counter, Counters,
+    DEFAULT_TABLE_SIZE, EgressCounter, EgressCounters, FRAGMENT_TABLE_SIZE, FRAGMENT_WINDOW_NS,
+    FragmentKey, L4, LIST_ALLOW, Level, Limit, ListEntry, MAX_LEVELS, MAX_LIST_ENTRIES,
+    SLIP_PREFIX_SLOTS, SLIP_V4_PREFIX, SLIP_V6_PREFIX, SourceKey, SourceState, budget_gcra, gcra,
+    gcra_ceiling, is_heavy, query_defect, slip_prefix_hash,
 };
 use parse::{Frame, StoredTransport, Transport};
 
@@ -85,6 +86,16 @@ static FRAGMENTS: LruHashMap<FragmentKey, u64> =
 /// each (see docs/ARCHITECTURE.md, "Verifier budget").
 #[map]
 static PARSED: PerCpuArray<StoredTransport> = PerCpuArray::with_max_entries(1, 0);
+
+/// The global slip cap's GCRA theoretical arrival time, shared by all CPUs; written here.
+#[map]
+static SLIP_CAP: Array<u64> = Array::with_max_entries(1, 0);
+
+/// The per-destination-prefix slip caps' GCRA theoretical arrival times, one slot per
+/// hash of the prefix (`slip_prefix_slot`): an array, so a flood of new destinations
+/// costs no insert. Prefixes that share a slot share a cap: slips only get rarer.
+#[map]
+static SLIP_PREFIX_CAPS: Array<u64> = Array::with_max_entries(SLIP_PREFIX_SLOTS, 0);
 
 /// Compare-and-swap attempts on one bucket before a query is refused as contended. Each
 /// failed attempt means another CPU admitted a packet of the same source meanwhile.
@@ -177,38 +188,58 @@ fn admit_answer(
         counters.bump(Counter::AnswerUnsolicited);
         return refuse(config, counters);
     };
-    let key = AwaitedKey {
+    let key = AwaitedKey::new(
         remote,
-        remote_port: transport.src_port,
-        local_port: transport.dst_port,
+        transport.src_port,
+        transport.dst_port,
         id,
-        family: if transport.ipv6 { FAMILY_V6 } else { FAMILY_V4 },
-        tcp: u8::from(tcp),
-    };
+        transport.ipv6,
+        tcp,
+    );
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: a map value, read once.
-    let awaited = AWAITED
-        .get_ptr(key)
-        .is_some_and(|state| unsafe { (*state).expires_ns } >= now);
-    if !awaited {
+    if !awaited(&key, now) {
         counters.bump(Counter::AnswerUnsolicited);
         return refuse(config, counters);
     }
     if !tcp {
         let _ = AWAITED.remove(key);
         if transport.first_fragment {
-            let fragment = FragmentKey {
-                remote,
-                id: transport.fragment_id,
-                family: key.family,
-                _reserved: [0; 3],
-            };
+            let fragment = FragmentKey::new(remote, transport.fragment_id, transport.ipv6);
             let _ = FRAGMENTS.insert(fragment, now + FRAGMENT_WINDOW_NS, 0);
         }
     }
     counters.bump(Counter::AnswerAdmitted);
     xdp_action::XDP_PASS
+}
+
+/// Whether `AWAITED` holds `key`, unexpired at `now`.
+#[inline(always)]
+fn awaited(key: &AwaitedKey, now: u64) -> bool {
+    // SAFETY: a map value, read once.
+    AWAITED
+        .get_ptr(key)
+        .is_some_and(|state| unsafe { (*state).expires_ns } >= now)
+}
+
+/// Whether the TCP segment `transport` describes, sent to a DNS port, belongs to a
+/// connection this server accepted: its SYN-ACK (and every answer since) left through
+/// the egress program, which recorded the connection.
+#[inline(always)]
+fn in_accepted_connection(frame: &Frame, transport: &Transport) -> bool {
+    let Some(remote) = source_address(frame, transport) else {
+        return false;
+    };
+    let key = AwaitedKey::new(
+        remote,
+        transport.src_port,
+        transport.dst_port,
+        0,
+        transport.ipv6,
+        true,
+    );
+    // SAFETY: a helper without arguments.
+    awaited(&key, unsafe { bpf_ktime_get_ns() })
 }
 
 /// A later fragment passes if its datagram's first fragment was an admitted answer;
@@ -223,12 +254,7 @@ fn admit_fragment(
     counters: &mut Counters,
 ) -> u32 {
     if let Some(remote) = source_address(frame, transport) {
-        let key = FragmentKey {
-            remote,
-            id: transport.fragment_id,
-            family: if transport.ipv6 { FAMILY_V6 } else { FAMILY_V4 },
-            _reserved: [0; 3],
-        };
+        let key = FragmentKey::new(remote, transport.fragment_id, transport.ipv6);
         // SAFETY: a helper without arguments.
         let now = unsafe { bpf_ktime_get_ns() };
         // SAFETY: a map value, read once.
@@ -309,9 +335,21 @@ fn police_query(
                 return refuse(config, counters);
             }
         }
-        // Over TCP only connection attempts are charged: a client that got through the
-        // handshake finishes its exchange, and spoofed sources cannot get that far.
-        L4::Tcp if !transport.syn => return xdp_action::XDP_PASS,
+        // Over TCP, any segment but a connection attempt must belong to a connection
+        // this server accepted, or it is dropped: no RST then answers a spoofed source,
+        // and no segment reaches the stack unpoliced. On an accepted connection, a
+        // segment with data (a query, or several pipelined) is charged one query to the
+        // source's TCP buckets; pure ACKs, FINs and RSTs pass.
+        L4::Tcp if !transport.syn => {
+            if !in_accepted_connection(frame, transport) {
+                counters.bump(Counter::TcpUnsolicited);
+                return refuse(config, counters);
+            }
+            if transport.payload_len == 0 {
+                return xdp_action::XDP_PASS;
+            }
+            counters.bump(Counter::TcpSegmentCharged);
+        }
         _ => {}
     }
     if !config.metered() && !config.has_list(transport.ipv6) {
@@ -342,7 +380,11 @@ fn police_query(
         counters,
         source,
         now: unsafe { bpf_ktime_get_ns() },
-        tcp: u8::from(transport.l4 == L4::Tcp),
+        tcp: match (transport.l4, transport.syn) {
+            (L4::Udp, _) => BUCKET_UDP,
+            (L4::Tcp, true) => BUCKET_TCP_CONNECT,
+            (L4::Tcp, false) => BUCKET_TCP_DATA,
+        },
         refused: false,
         heavy: false,
     };
@@ -383,10 +425,15 @@ fn police_query(
         && counters
             .get(Counter::RateLimited)
             .is_multiple_of(u64::from(config.slip))
-        && slip::truncated_reply(ctx, transport).is_some()
     {
-        counters.bump(Counter::Slipped);
-        return xdp_action::XDP_TX;
+        if !within_slip_caps(&walk.source, walk.now, config) {
+            counters.bump(Counter::SlipCapped);
+            return xdp_action::XDP_DROP;
+        }
+        if slip::truncated_reply(ctx, transport).is_some() {
+            counters.bump(Counter::Slipped);
+            return xdp_action::XDP_TX;
+        }
     }
     xdp_action::XDP_DROP
 }
@@ -397,7 +444,8 @@ struct LevelWalk {
     counters: *mut Counters,
     source: Source,
     now: u64,
-    /// 1 for a TCP connection attempt: charged to buckets of its own.
+    /// Which of the source's buckets (`BUCKET_*`): UDP queries, TCP connection
+    /// attempts and TCP data segments each have their own.
     tcp: u8,
     /// A level refused the query (the walk stops there).
     refused: bool,
@@ -564,6 +612,38 @@ fn take(tat: *mut u64, now: u64, limit: &Limit) -> Take {
     Take::Contended
 }
 
+/// Spends one slipped reply from the caps: the destination's prefix (the query's
+/// source: a reply goes back to it) first, so one victim cannot spend them all, then
+/// all destinations together.
+#[inline(always)]
+fn within_slip_caps(source: &Source, now: u64, config: &Config) -> bool {
+    if config.slip_prefix_cap.is_on() {
+        let slot = slip_prefix_slot(source);
+        let within = SLIP_PREFIX_CAPS.get_ptr_mut(slot).is_some_and(|tat| {
+            matches!(take(tat, now, &config.slip_prefix_cap), Take::Admitted(_))
+        });
+        if !within {
+            return false;
+        }
+    }
+    if !config.slip_cap.is_on() {
+        return true;
+    }
+    SLIP_CAP
+        .get_ptr_mut(0)
+        .is_some_and(|tat| matches!(take(tat, now, &config.slip_cap), Take::Admitted(_)))
+}
+
+/// The `SLIP_PREFIX_CAPS` slot of the destination prefix of a reply to `source`.
+#[inline(always)]
+fn slip_prefix_slot(source: &Source) -> u32 {
+    let hash = match source {
+        Source::V4(addr) => slip_prefix_hash(&addr[..usize::from(SLIP_V4_PREFIX / 8)], 4),
+        Source::V6(addr) => slip_prefix_hash(&addr[..usize::from(SLIP_V6_PREFIX / 8)], 6),
+    };
+    hash % SLIP_PREFIX_SLOTS
+}
+
 /// Cuts a bucket's `tat` (read as `current`) back to the ceiling of `limit`, if it is
 /// debt from a slower limit that has since been raised.
 ///
@@ -641,7 +721,14 @@ fn try_dns_xdp_egress(ctx: &TcContext) -> Result<(), ()> {
         counters.bump(packets);
         counters.add_to(bytes, u64::from(len));
     }
-    if let (Ok(transport), Class::Query { .. }, true) = (parsed, class, config.backending())
+    // Upstream queries and connections (backending), and the TCP connections this
+    // server accepted (its SYN-ACK and answers): what XDP will let back in.
+    let record = match class {
+        Class::Query { .. } => config.backending(),
+        Class::Answer { l4: L4::Tcp, .. } => true,
+        _ => false,
+    };
+    if let (Ok(transport), true) = (parsed, record)
         && await_answer(&frame, &transport).is_some()
     {
         counters.bump(EgressCounter::AwaitedRecorded);
@@ -649,8 +736,10 @@ fn try_dns_xdp_egress(ctx: &TcContext) -> Result<(), ()> {
     Ok(())
 }
 
-/// Records an upstream query (UDP) or a segment of an upstream connection (TCP) leaving,
-/// so that XDP admits its answer: the key an answer will carry, with how long to await it.
+/// Records a query (UDP) or a TCP segment leaving, so that XDP admits what comes back:
+/// the key the answer (or the peer's next segment) will carry, with how long to await
+/// it. The remote end is the destination either way: an upstream server, or a client of
+/// this server's.
 #[inline(always)]
 fn await_answer(frame: &Frame, transport: &Transport) -> Option<()> {
     let tcp = transport.l4 == L4::Tcp;
@@ -665,14 +754,14 @@ fn await_answer(frame: &Frame, transport: &Transport) -> Option<()> {
     } else {
         remote[..4].copy_from_slice(&frame.ipv4_destination(transport.l3).ok()?);
     }
-    let key = AwaitedKey {
+    let key = AwaitedKey::new(
         remote,
-        remote_port: transport.dst_port,
-        local_port: transport.src_port,
+        transport.dst_port,
+        transport.src_port,
         id,
-        family: if transport.ipv6 { FAMILY_V6 } else { FAMILY_V4 },
-        tcp: u8::from(tcp),
-    };
+        transport.ipv6,
+        tcp,
+    );
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let state = AwaitedState {

@@ -155,6 +155,12 @@ struct SetArgs {
     /// Answer one in N rate-limited UDP queries with a truncated reply; 0: never.
     #[arg(long, value_name = "N")]
     slip: Option<u32>,
+    /// Slipped replies per second, all destinations together.
+    #[arg(long, value_name = "RATE")]
+    slip_cap: Option<Rate>,
+    /// Slipped replies per second to one destination /24 or /48.
+    #[arg(long, value_name = "RATE")]
+    slip_prefix_cap: Option<Rate>,
     /// Replace the aggregate levels: `none` or `V4/V6:RATE:BURST,...`.
     #[arg(long, value_name = "LEVELS", value_parser = dns_xdp::settings::parse_levels)]
     levels: Option<Levels>,
@@ -525,6 +531,12 @@ fn set(args: &SetArgs) -> anyhow::Result<()> {
     }
     if let Some(slip) = args.slip {
         config.slip = slip;
+    }
+    if let Some(cap) = args.slip_cap {
+        config.slip_cap = dns_xdp::settings::slip_cap_limit(cap)?;
+    }
+    if let Some(cap) = args.slip_prefix_cap {
+        config.slip_prefix_cap = dns_xdp::settings::slip_cap_limit(cap)?;
     }
     if let Some(budget) = &args.budget {
         let budget = match budget.as_str() {

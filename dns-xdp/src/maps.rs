@@ -36,8 +36,10 @@ pub struct SourceReport {
     pub prefix: IpNet,
     /// The prefix level of the bucket (0: the per-source level).
     pub level: u8,
-    /// A bucket of TCP connection attempts (UDP queries otherwise).
+    /// A bucket of TCP (connection attempts or data segments); UDP queries otherwise.
     pub tcp: bool,
+    /// Which bucket: `udp`, `tcp` (connection attempts) or `tcp_data` (data segments).
+    pub bucket: &'static str,
     pub passed: u64,
     pub dropped: u64,
     pub would_drop: u64,
@@ -55,6 +57,7 @@ impl SourceReport {
             prefix: IpNet::new(addr, key.prefix_len).unwrap_or_else(|_| IpNet::from(addr)),
             level: key.level,
             tcp: key.tcp != 0,
+            bucket: dns_xdp_common::bucket_name(key.tcp),
             passed: state.passed,
             dropped: state.dropped,
             would_drop: state.would_drop,

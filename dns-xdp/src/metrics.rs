@@ -139,7 +139,7 @@ pub fn render(maps: &Maps, iface: &str, top: usize) -> anyhow::Result<String> {
     for source in top_refused(sources, top) {
         let prefix = source.prefix.to_string();
         let level = source.level.to_string();
-        let transport = if source.tcp { "tcp" } else { "udp" };
+        let transport = source.bucket;
         let series = labels(&[
             ("iface", iface),
             ("prefix", &prefix),

@@ -193,6 +193,16 @@ pub struct Options {
     /// dropping it, so real clients retry over TCP; 0: never [default: 0].
     #[arg(long, value_name = "N")]
     pub slip: Option<u32>,
+    /// Slipped replies per second to all destinations together; beyond it refused
+    /// queries are dropped, not slipped, and counted `slip_capped` [default: 1000/s].
+    #[arg(long, value_name = "RATE")]
+    #[serde(default, deserialize_with = "rate")]
+    pub slip_cap: Option<Rate>,
+    /// Slipped replies per second to one destination /24 (IPv4) or /48 (IPv6): a flood
+    /// spoofing one victim makes the server send it no more [default: 10/s].
+    #[arg(long, value_name = "RATE")]
+    #[serde(default, deserialize_with = "rate")]
+    pub slip_prefix_cap: Option<Rate>,
     /// Server budget: queries/s the server behind can answer (N, N/s, N/min). Above it,
     /// queries from heavy sources and prefixes (more than half a burst spent at some
     /// level) are shed first; light ones keep a reserve. Without it: no budget.
@@ -254,6 +264,8 @@ impl Options {
             opcodes: self.opcodes.or(file.opcodes),
             levels: self.levels.or(file.levels),
             slip: self.slip.or(file.slip),
+            slip_cap: self.slip_cap.or(file.slip_cap),
+            slip_prefix_cap: self.slip_prefix_cap.or(file.slip_prefix_cap),
             budget: self.budget.or(file.budget),
             budget_burst: self.budget_burst.or(file.budget_burst),
             stats_interval: self.stats_interval.or(file.stats_interval),
@@ -318,6 +330,8 @@ impl Options {
             opcodes: self.opcodes.unwrap_or(defaults.opcodes),
             levels: self.levels.clone().unwrap_or(defaults.levels),
             slip: self.slip.unwrap_or(defaults.slip),
+            slip_cap: self.slip_cap.unwrap_or(defaults.slip_cap),
+            slip_prefix_cap: self.slip_prefix_cap.unwrap_or(defaults.slip_prefix_cap),
             budget: self.budget,
             budget_burst: self.budget_burst,
         };

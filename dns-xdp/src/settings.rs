@@ -197,6 +197,35 @@ pub struct Settings {
     pub budget: Option<Rate>,
     /// The budget's burst; `None`: a tenth of a second's worth.
     pub budget_burst: Option<u32>,
+    /// Slipped replies per second to all destinations together (burst: one second's).
+    pub slip_cap: Rate,
+    /// Slipped replies per second to one destination /24 or /48 (burst: one second's).
+    pub slip_prefix_cap: Rate,
+}
+
+/// Default `slip_cap`: far more than real clients sent to TCP need, far too little
+/// for a reflector.
+pub const DEFAULT_SLIP_CAP: Rate = Rate {
+    packets: 1000,
+    period_ns: NS_PER_SEC,
+};
+/// Default `slip_prefix_cap`: each real client needs one truncated reply before it
+/// retries over TCP.
+pub const DEFAULT_SLIP_PREFIX_CAP: Rate = Rate {
+    packets: 10,
+    period_ns: NS_PER_SEC,
+};
+
+/// The kernel form of a slip cap: `rate` with a burst of one second's worth (at least 1).
+pub fn slip_cap_limit(rate: Rate) -> anyhow::Result<Limit> {
+    let burst = packets_in(rate, NS_PER_SEC);
+    Limit::new(rate.packets, rate.period_ns, burst)
+        .with_context(|| format!("slip cap {rate} out of range"))
+}
+
+/// How many packets `rate` allows in `window_ns`, at least 1.
+fn packets_in(rate: Rate, window_ns: u64) -> u64 {
+    (u128::from(rate.packets) * u128::from(window_ns) / u128::from(rate.period_ns)).max(1) as u64
 }
 
 /// The kernel form of a server budget (`Limit::OFF` without one). The burst defaults to
@@ -206,13 +235,7 @@ pub fn budget_limit(budget: Option<Rate>, burst: Option<u32>) -> anyhow::Result<
     let Some(rate) = budget else {
         return Ok(Limit::OFF);
     };
-    let burst = burst.map_or_else(
-        || {
-            (u128::from(rate.packets) * u128::from(NS_PER_SEC) / u128::from(rate.period_ns) / 10)
-                .max(1) as u64
-        },
-        u64::from,
-    );
+    let burst = burst.map_or_else(|| packets_in(rate, NS_PER_SEC / 10), u64::from);
     ensure!(burst >= 1, "--budget-burst must be at least 1");
     Limit::new(rate.packets, rate.period_ns, burst)
         .with_context(|| format!("--budget {rate} with a burst of {burst} is out of range"))
@@ -266,6 +289,8 @@ impl Default for Settings {
             levels: Levels::Auto,
             slip: 0,
             budget: None,
+            slip_cap: DEFAULT_SLIP_CAP,
+            slip_prefix_cap: DEFAULT_SLIP_PREFIX_CAP,
             budget_burst: None,
         }
     }
@@ -393,6 +418,8 @@ impl Settings {
             allowed_opcodes: self.opcodes,
             slip: self.slip,
             budget: budget_limit(self.budget, self.budget_burst)?,
+            slip_cap: slip_cap_limit(self.slip_cap)?,
+            slip_prefix_cap: slip_cap_limit(self.slip_prefix_cap)?,
         })
     }
 

@@ -160,9 +160,16 @@ pub fn level_json(level: &Level) -> Value {
     json!({
         "v4_prefix": level.v4_prefix_len,
         "v6_prefix": level.v6_prefix_len,
-        "rate_per_s": limit.is_on().then(|| NS_PER_SEC as f64 / limit.interval_ns as f64),
+        "rate_per_s": per_second(limit),
         "burst": limit.is_on().then(|| limit.burst()),
     })
+}
+
+/// A limit's rate per second, or `None` when it is off.
+fn per_second(limit: &dns_xdp_common::Limit) -> Option<f64> {
+    limit
+        .is_on()
+        .then(|| NS_PER_SEC as f64 / limit.interval_ns as f64)
 }
 
 /// The live configuration in the operator's terms. `rate_per_s`, `burst` and the
@@ -180,6 +187,8 @@ pub fn config_json(config: &Config) -> Value {
     value["dns_sanity"] = json!(config.sanity());
     value["backending"] = json!(config.backending());
     value["slip"] = json!(config.slip);
+    value["slip_cap_per_s"] = json!(per_second(&config.slip_cap));
+    value["slip_prefix_cap_per_s"] = json!(per_second(&config.slip_prefix_cap));
     value["budget"] = config
         .budget
         .is_on()

@@ -591,7 +591,7 @@ fn datagrams_that_cannot_be_queries_are_refused_by_reason() {
 }
 
 #[test]
-fn over_tcp_only_connection_attempts_are_charged() {
+fn over_tcp_connection_attempts_are_charged_and_other_segments_need_a_connection() {
     let mut harness = Harness::with(&limited("1/min", 1)).unwrap();
     let syn = build(&[Layer::Eth, Layer::ipv4(), Layer::tcp(53)]);
     let mut ack = syn.clone();
@@ -599,15 +599,28 @@ fn over_tcp_only_connection_attempts_are_charged() {
     let mut syn_ack = syn.clone();
     syn_ack[IP + 20 + 13] = 0x12;
     assert_eq!(admitted(&mut harness, &syn, 3), 1, "one SYN per bucket");
+    // No connection yet: every other segment is dropped, and not charged.
+    assert_eq!(admitted(&mut harness, &ack, 5), 0);
+    assert_eq!(
+        admitted(&mut harness, &syn_ack, 5),
+        0,
+        "a SYN-ACK is no connection attempt"
+    );
+    assert_eq!(counter(&mut harness, Counter::TcpUnsolicited), 10);
+    assert_eq!(counter(&mut harness, Counter::RateLimited), 2);
+    // The server's SYN-ACK leaves: segments without data pass, uncharged.
+    let mut syn_ack_out = syn_ack.clone();
+    for index in 0..4 {
+        syn_ack_out.swap(IP + 12 + index, IP + 16 + index);
+    }
+    for index in 0..2 {
+        syn_ack_out.swap(IP + 20 + index, IP + 22 + index);
+    }
+    harness.run_egress(&syn_ack_out).unwrap();
     assert_eq!(
         admitted(&mut harness, &ack, 20),
         20,
-        "segments of an exchange are not charged"
-    );
-    assert_eq!(
-        admitted(&mut harness, &syn_ack, 5),
-        5,
-        "a SYN-ACK is no connection attempt"
+        "an exchange's ACKs are not charged"
     );
     assert_eq!(counter(&mut harness, Counter::RateLimited), 2);
 }

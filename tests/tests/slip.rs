@@ -312,3 +312,98 @@ fn over_veth_a_slipped_client_gets_tc_and_succeeds_over_tcp() {
     let (_, report) = server_loader.interrupt().unwrap();
     assert_eq!(report["counters"]["slipped"], 2, "{report}");
 }
+
+/// The IPv4 query of `slip_capped`'s floods, from `source`.
+fn query_from(source: [u8; 4]) -> Vec<u8> {
+    let mut frame = build(&[
+        Layer::Eth,
+        Layer::ipv4(),
+        Layer::udp(53),
+        Layer::Payload(query_with_edns(9)),
+    ]);
+    frame[14 + 12..14 + 16].copy_from_slice(&source);
+    frame
+}
+
+#[test]
+fn a_flood_spoofing_one_victim_gets_it_no_more_than_the_cap() {
+    pin();
+    // Slip 2, as the packaged example; the default caps: 10/s per /24, 1000/s in all.
+    let mut harness = slipping(2);
+    let frame = query_from([198, 51, 100, 7]);
+    const RUNS: u32 = 100_000;
+    // One run per call: a slipped frame comes back rewritten into its reply, so the
+    // kernel's repeat would run the next query on a reply.
+    let started = std::time::Instant::now();
+    for _ in 0..RUNS {
+        harness
+            .run_program(dns_xdp::programs::XDP_PROGRAM, &frame, 1)
+            .unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let counters = harness.programs().maps().counters().unwrap();
+    let (slipped, capped) = (
+        counters.get(Counter::Slipped),
+        counters.get(Counter::SlipCapped),
+    );
+    println!(
+        "{RUNS} queries spoofing one victim in {elapsed:.3} s ({:.0}/s): {slipped} slipped, \
+         {capped} dropped by the cap",
+        f64::from(RUNS) / elapsed
+    );
+    // A burst of one second's worth (10), then 10/s.
+    let bound = 10 + (10.0 * elapsed).ceil() as u64;
+    assert!(slipped <= bound, "{slipped} slipped, at most {bound}");
+    assert!(slipped >= 10, "the cap's burst is slipped: {slipped}");
+    // Half the refused queries come up for slipping; all but the slipped are capped.
+    assert_eq!(slipped + capped, u64::from(RUNS - 1) / 2);
+    // A neighbour in the same /24 shares the victim's cap; another /24 has its own.
+    assert_eq!(
+        harness.run(&query_from([198, 51, 100, 8])).unwrap().verdict,
+        XDP_PASS
+    );
+    let mut verdicts = Vec::new();
+    for _ in 0..4 {
+        verdicts.push(harness.run(&query_from([198, 51, 100, 8])).unwrap().verdict);
+    }
+    assert!(!verdicts.contains(&XDP_TX), "{verdicts:?}");
+    harness.run(&query_from([198, 51, 101, 8])).unwrap();
+    let mut verdicts = Vec::new();
+    for _ in 0..4 {
+        verdicts.push(harness.run(&query_from([198, 51, 101, 8])).unwrap().verdict);
+    }
+    assert!(verdicts.contains(&XDP_TX), "{verdicts:?}");
+}
+
+#[test]
+fn slipped_replies_to_all_destinations_stay_under_the_global_cap() {
+    pin();
+    let mut harness = Harness::with(&Settings {
+        rate: Some("1/hour".parse().unwrap()),
+        burst: 1,
+        levels: dns_xdp::settings::Levels::None,
+        slip: 1,
+        slip_cap: "50/s".parse().unwrap(),
+        ..Settings::default()
+    })
+    .unwrap();
+    let started = std::time::Instant::now();
+    // 400 victims in 400 /24s, each refused 3 times: under their own caps, over the
+    // global one.
+    for victim in 0..400u32 {
+        let frame = query_from([198, 18 + (victim >> 8) as u8, victim as u8, 1]);
+        for _ in 0..4 {
+            harness.run(&frame).unwrap();
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let counters = harness.programs().maps().counters().unwrap();
+    let slipped = counters.get(Counter::Slipped);
+    let bound = 50 + (50.0 * elapsed).ceil() as u64;
+    println!("400 victims x 3 refusals in {elapsed:.3} s: {slipped} slipped (at most {bound})");
+    assert!(
+        slipped <= bound && slipped >= 50,
+        "{slipped} slipped, at most {bound}"
+    );
+    assert_eq!(slipped + counters.get(Counter::SlipCapped), 1200);
+}

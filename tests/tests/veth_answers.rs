@@ -332,3 +332,101 @@ fn this_hosts_own_lookups_are_answered_and_spoofed_answers_are_not() {
     // 3000 bytes over a 1500-byte MTU: two later fragments per answer.
     assert_eq!(counter(&report, "fragment_admitted"), 2 * LOOKUPS as u64);
 }
+
+/// A TCP segment's checksum over the IPv4 pseudo-header.
+fn tcp_checksum(source: [u8; 4], destination: [u8; 4], segment: &[u8]) -> u16 {
+    let mut bytes = Vec::with_capacity(12 + segment.len());
+    bytes.extend(source);
+    bytes.extend(destination);
+    bytes.extend([0, 6]);
+    bytes.extend((segment.len() as u16).to_be_bytes());
+    bytes.extend(segment);
+    dns_xdp_tests::packet::internet_checksum(&bytes)
+}
+
+/// Sends `count` bare ACKs from random client ports to the server's port 53, from the
+/// client namespace (a raw socket: no connection behind them), and counts the RSTs from
+/// port 53 that come back.
+fn resets_for_bare_acks(pair: &Pair, count: usize) -> usize {
+    pair.client
+        .run(move || {
+            let source: std::net::Ipv4Addr = CLIENT_V4.parse().unwrap();
+            let destination: std::net::Ipv4Addr = SERVER_V4.parse().unwrap();
+            // SAFETY: raw sockets this closure owns and closes; buffers it owns.
+            unsafe {
+                let send = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP);
+                let receive = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP);
+                assert!(send >= 0 && receive >= 0, "raw sockets need root");
+                let target = sockaddr(destination, 0);
+                for index in 0..count {
+                    let port = 20_000 + (index % 40_000) as u16;
+                    let mut segment = Vec::new();
+                    segment.extend(port.to_be_bytes());
+                    segment.extend(53u16.to_be_bytes());
+                    segment.extend((index as u32).to_be_bytes()); // sequence
+                    segment.extend(0x1234_5678u32.to_be_bytes()); // acknowledgement
+                    segment.extend([5 << 4, 0x10, 0xff, 0xff, 0, 0, 0, 0]);
+                    let checksum = tcp_checksum(source.octets(), destination.octets(), &segment);
+                    segment[16..18].copy_from_slice(&checksum.to_be_bytes());
+                    libc::sendto(
+                        send,
+                        segment.as_ptr().cast(),
+                        segment.len(),
+                        0,
+                        (&raw const target).cast(),
+                        size_of::<libc::sockaddr_in>() as u32,
+                    );
+                    if index % 1000 == 999 {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+                // Collect what came back for a while.
+                let flags = libc::fcntl(receive, libc::F_GETFL);
+                libc::fcntl(receive, libc::F_SETFL, flags | libc::O_NONBLOCK);
+                let mut resets = 0;
+                let mut buf = [0u8; 256];
+                let started = Instant::now();
+                while started.elapsed() < Duration::from_millis(500) {
+                    let len = libc::recv(receive, buf.as_mut_ptr().cast(), buf.len(), 0);
+                    if len < 40 {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                    let tcp = usize::from(buf[0] & 0x0f) * 4;
+                    let from_53 = buf[tcp..tcp + 2] == 53u16.to_be_bytes();
+                    if from_53 && buf[tcp + 13] & 0x04 != 0 {
+                        resets += 1;
+                    }
+                }
+                libc::close(send);
+                libc::close(receive);
+                resets
+            }
+        })
+        .unwrap()
+}
+
+#[test]
+fn bare_acks_to_port_53_draw_no_reset_behind_dns_xdp() {
+    let pair = Pair::new().expect("creating namespaces");
+    let _responder = Responder::serve(&pair.server).expect("binding the responder");
+    // Without dns-xdp the server's stack answers each with a RST, to whatever address
+    // the ACK claims: a reflector.
+    let before = resets_for_bare_acks(&pair, 200);
+    assert!(
+        before > 100,
+        "{before} RSTs: the test must see them without dns-xdp"
+    );
+    let loader = Loader::attach(&pair.server, &[]).expect("attaching");
+    const ACKS: usize = 20_000;
+    let after = resets_for_bare_acks(&pair, ACKS);
+    let (_, report) = loader.interrupt().expect("detaching");
+    println!(
+        "bare ACKs to port 53: {before} RSTs for 200 without dns-xdp, {after} for {ACKS} \
+         with it; tcp_unsolicited {}",
+        counter(&report, "tcp_unsolicited")
+    );
+    assert_eq!(after, 0);
+    assert_eq!(counter(&report, "tcp_unsolicited"), ACKS as u64);
+    assert_eq!(report["egress"]["response_tcp4_packets"], 0);
+}
