@@ -10,7 +10,10 @@ use std::{borrow::Cow, fs};
 use anyhow::Context as _;
 use nftables::{
     batch::Batch,
-    expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, SetItem},
+    expr::{
+        Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Payload, PayloadField,
+        SetItem, Socket, SocketAttr,
+    },
     helper::{apply_ruleset, apply_ruleset_raw, get_current_ruleset, get_current_ruleset_raw},
     schema::{Chain, NfListObject, Rule, Table},
     stmt::{Counter, Match, Operator, Statement},
@@ -21,13 +24,10 @@ use serde_json::Value;
 /// Netfilter's raw priority: before conntrack (-200) sees the packet.
 const PRIORITY_RAW: i32 = -300;
 
-/// The name of the bypass table of `iface` (nft identifiers: letters, digits, `_`).
+/// The name of the bypass table of `iface` (nft identifiers: letters, digits, `_`),
+/// distinct for distinct interface names.
 pub fn table_name(iface: &str) -> String {
-    let sanitized: String = iface
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    format!("dns_xdp_{sanitized}")
+    format!("dns_xdp_{}", crate::pins::escaped(iface))
 }
 
 /// One bypass rule: which hook, which interface match, which port field.
@@ -35,6 +35,14 @@ struct BypassRule {
     chain: &'static str,
     iface_key: MetaKey,
     port_field: &'static str,
+    /// Only packets addressed to this host (`fib daddr type local`): queries forwarded
+    /// through it (containers, VMs, a router's clients) keep conntrack and their NAT.
+    local_only: bool,
+    /// Only packets a local socket waits for (`socket transparent 0`: a socket exists
+    /// and is not transparent): answers to this host's own queries, and not those to
+    /// queries it forwarded and masqueraded, which need conntrack to find their way
+    /// back (they arrive at this host's address too, at a port no socket holds).
+    to_local_socket: bool,
     /// What it exempts, for `status`.
     purpose: &'static str,
 }
@@ -46,24 +54,32 @@ const RULES: [BypassRule; 4] = [
         chain: "prerouting",
         iface_key: MetaKey::Iifname,
         port_field: "dport",
+        local_only: true,
+        to_local_socket: false,
         purpose: "queries to this host (serving)",
     },
     BypassRule {
         chain: "prerouting",
         iface_key: MetaKey::Iifname,
         port_field: "sport",
+        local_only: false,
+        to_local_socket: true,
         purpose: "answers from upstream servers (backending)",
     },
     BypassRule {
         chain: "output",
         iface_key: MetaKey::Oifname,
         port_field: "sport",
+        local_only: false,
+        to_local_socket: false,
         purpose: "answers from this host (serving)",
     },
     BypassRule {
         chain: "output",
         iface_key: MetaKey::Oifname,
         port_field: "dport",
+        local_only: false,
+        to_local_socket: false,
         purpose: "queries to upstream servers (backending)",
     },
 ];
@@ -82,21 +98,45 @@ fn set(items: impl IntoIterator<Item = Expression<'static>>) -> Expression<'stat
     ))
 }
 
-/// The transaction that (re)creates the bypass table of `iface` for `ports`: it creates
-/// the table if missing and deletes it, so re-running it replaces whatever was there.
+/// The name earlier versions gave the bypass table of `iface` (every byte other than a
+/// letter or digit as `_`), removed along with the table when it differs.
+fn legacy_table_name(iface: &str) -> String {
+    let sanitized: String = iface
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("dns_xdp_{sanitized}")
+}
+
+fn table_object(name: String) -> NfListObject<'static> {
+    NfListObject::Table(Table {
+        family: NfFamily::INet,
+        name: Cow::Owned(name),
+        handle: None,
+    })
+}
+
+/// A transaction that removes the bypass table of `iface` (under this version's name and
+/// an earlier one's), whether or not it exists: each is created, then deleted.
+fn removal_batch(iface: &str) -> Batch<'static> {
+    let mut batch = Batch::new();
+    let mut names = vec![table_name(iface)];
+    if legacy_table_name(iface) != names[0] {
+        names.push(legacy_table_name(iface));
+    }
+    for name in names {
+        batch.add(table_object(name.clone()));
+        batch.delete(table_object(name));
+    }
+    batch
+}
+
+/// The transaction that (re)creates the bypass table of `iface` for `ports`: it removes
+/// whatever was there first, so re-running it replaces it.
 fn bypass_batch(iface: &str, ports: &[u16]) -> Batch<'static> {
     let table = table_name(iface);
-    let mut batch = Batch::new();
-    let table_object = || {
-        NfListObject::Table(Table {
-            family: NfFamily::INet,
-            name: Cow::Owned(table.clone()),
-            handle: None,
-        })
-    };
-    batch.add(table_object());
-    batch.delete(table_object());
-    batch.add(table_object());
+    let mut batch = removal_batch(iface);
+    batch.add(table_object(table.clone()));
     for (name, hook) in [
         ("prerouting", NfHook::Prerouting),
         ("output", NfHook::Output),
@@ -145,6 +185,30 @@ fn bypass_batch(iface: &str, ports: &[u16]) -> Batch<'static> {
             Statement::Counter(Counter::Anonymous(None)),
             Statement::Notrack,
         ];
+        let mut expr = expr;
+        if rule.to_local_socket {
+            expr.insert(
+                0,
+                matches(
+                    Expression::Named(NamedExpression::Socket(Socket {
+                        key: Cow::Owned(SocketAttr::Transparent),
+                    })),
+                    Expression::Number(0),
+                ),
+            );
+        }
+        if rule.local_only {
+            expr.insert(
+                0,
+                matches(
+                    Expression::Named(NamedExpression::Fib(Fib {
+                        result: FibResult::Type,
+                        flags: [FibFlag::Daddr].into_iter().collect(),
+                    })),
+                    Expression::String("local".into()),
+                ),
+            );
+        }
         batch.add(NfListObject::Rule(Rule {
             family: NfFamily::INet,
             table: Cow::Owned(table.clone()),
@@ -187,17 +251,7 @@ pub fn install(iface: &str, ports: &[u16]) -> anyhow::Result<()> {
 
 /// Removes the bypass table of `iface`; succeeds when there was none.
 pub fn remove(iface: &str) -> anyhow::Result<()> {
-    let mut batch = Batch::new();
-    let table = || {
-        NfListObject::Table(Table {
-            family: NfFamily::INet,
-            name: Cow::Owned(table_name(iface)),
-            handle: None,
-        })
-    };
-    batch.add(table());
-    batch.delete(table());
-    apply_ruleset(&batch.to_nftables())
+    apply_ruleset(&removal_batch(iface).to_nftables())
         .with_context(|| format!("removing the conntrack bypass of {iface} with nft"))
 }
 
@@ -444,8 +498,11 @@ mod tests {
     #[test]
     fn table_names_are_nft_identifiers() {
         assert_eq!(table_name("eth0"), "dns_xdp_eth0");
-        assert_eq!(table_name("bond0.100"), "dns_xdp_bond0_100");
-        assert_eq!(table_name("veth-a@b"), "dns_xdp_veth_a_b");
+        assert_eq!(table_name("bond0.100"), "dns_xdp_bond0_2e100");
+        assert_eq!(table_name("veth-a@b"), "dns_xdp_veth_2da_40b");
+        // Two interfaces that the old mapping merged stay apart.
+        assert_ne!(table_name("eth0.1"), table_name("eth0_1"));
+        assert_ne!(table_name("eth0-1"), table_name("eth0.1"));
     }
 
     #[test]
@@ -462,9 +519,18 @@ mod tests {
             "\"dport\"",
             "\"sport\"",
             "853",
+            // Queries only when addressed to this host: forwarded DNS keeps its NAT.
+            "{\"fib\":{\"result\":\"type\",\"flags\":[\"daddr\"]}}",
+            // Answers only when a local socket waits for them: masqueraded ones keep NAT.
+            "{\"socket\":{\"key\":\"transparent\"}}",
         ] {
             assert!(text.contains(needle), "{needle} missing from {text}");
         }
+        // An earlier version's table name goes too, when it differs.
+        let dotted = batch_json(bypass_batch("eth0.1", &[53]))
+            .unwrap()
+            .to_string();
+        assert!(dotted.contains("dns_xdp_eth0_2e1") && dotted.contains("dns_xdp_eth0_1"));
         let rules = json["nftables"]
             .as_array()
             .unwrap()

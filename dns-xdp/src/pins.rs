@@ -65,6 +65,21 @@ pub fn remove_all(dir: &Path) -> anyhow::Result<()> {
     fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))
 }
 
+/// `text` as letters, digits and `_` only, one to one: every other byte (and `_`
+/// itself) becomes `_` and two hex digits, so `eth0.1` and `eth0_1` stay apart. For nft
+/// identifiers and file names made from interface names and paths.
+pub fn escaped(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() {
+            escaped.push(char::from(byte));
+        } else {
+            escaped.push_str(&format!("_{byte:02x}"));
+        }
+    }
+    escaped
+}
+
 /// An exclusive lock on an instance (pin directory), held for a loader's lifetime and
 /// released by the kernel when the process dies, whatever the way.
 pub struct InstanceLock {
@@ -75,12 +90,7 @@ pub struct InstanceLock {
 impl InstanceLock {
     pub fn acquire(dir: &Path, iface: &str) -> anyhow::Result<Self> {
         fs::create_dir_all(LOCK_DIR).with_context(|| format!("creating {LOCK_DIR}"))?;
-        let name: String = dir
-            .to_string_lossy()
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        let path = Path::new(LOCK_DIR).join(format!("{name}.lock"));
+        let path = Path::new(LOCK_DIR).join(format!("{}.lock", escaped(&dir.to_string_lossy())));
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)

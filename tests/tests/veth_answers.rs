@@ -264,6 +264,13 @@ fn this_hosts_own_lookups_are_answered_and_spoofed_answers_are_not() {
         })
         .unwrap();
     drop(responder);
+    // Not one of them in the connection-tracking table: the bypass took them out.
+    let tracked = pair
+        .server
+        .run(|| std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count"))
+        .unwrap()
+        .expect("conntrack loaded");
+    assert_eq!(tracked.trim(), "0", "the host's own lookups were tracked");
 
     // A spoofer who sees the query's port but not its ID: 100 wrong guesses, then the
     // right one.
@@ -429,4 +436,97 @@ fn bare_acks_to_port_53_draw_no_reset_behind_dns_xdp() {
     assert_eq!(after, 0);
     assert_eq!(counter(&report, "tcp_unsolicited"), ACKS as u64);
     assert_eq!(report["egress"]["response_tcp4_packets"], 0);
+}
+
+#[test]
+fn a_masqueraded_namespace_behind_the_server_resolves_through_it() {
+    let pair = Pair::new().expect("creating namespaces");
+    // A container (or VM) behind the server namespace, masqueraded out of dns0: its
+    // queries are forwarded, its answers come back to the server's own address.
+    let inner = Netns::new("inr").expect("creating the inner namespace");
+    pair.server
+        .ip(&[
+            "link",
+            "add",
+            "name",
+            "in0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "in0",
+            "netns",
+            inner.name(),
+        ])
+        .unwrap();
+    pair.server
+        .ip(&["addr", "add", "198.18.1.1/24", "dev", "in0"])
+        .unwrap();
+    pair.server
+        .ip(&["link", "set", "dev", "in0", "up"])
+        .unwrap();
+    inner
+        .ip(&["addr", "add", "198.18.1.2/24", "dev", "in0"])
+        .unwrap();
+    inner.ip(&["link", "set", "dev", "in0", "up"]).unwrap();
+    inner
+        .ip(&["route", "add", "default", "via", "198.18.1.1"])
+        .unwrap();
+    assert!(
+        pair.server
+            .command("sysctl")
+            .args(["-qw", "net.ipv4.ip_forward=1"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut nft = pair
+        .server
+        .command("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    nft.stdin
+        .take()
+        .unwrap()
+        .write_all(
+            format!(
+                "table ip test_nat {{\n  chain postrouting {{\n    type nat hook postrouting \
+                 priority 100;\n    oifname \"{LINK}\" masquerade\n  }}\n}}\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    assert!(nft.wait().unwrap().success());
+    let upstream = SocketAddr::new(CLIENT_V4.parse().unwrap(), 53);
+    let _responder = pair
+        .client
+        .run(move || Responder::bind(&[upstream], None))
+        .unwrap()
+        .expect("binding the upstream server");
+    let loader = Loader::attach(&pair.server, &[]).expect("attaching with the bypass on");
+
+    const LOOKUPS: usize = 30;
+    let (udp, tcp) = inner
+        .run(move || {
+            let client = Client::default();
+            let mut answered = (0, 0);
+            for index in 0..LOOKUPS {
+                let query = dns_query(index as u16, "example.com");
+                answered.0 += usize::from(client.udp(upstream, &query).is_ok());
+                answered.1 += usize::from(client.tcp(upstream, &query).is_ok());
+            }
+            answered
+        })
+        .unwrap();
+    let (_, report) = loader.interrupt().expect("detaching");
+    println!(
+        "masqueraded namespace: {udp}/{LOOKUPS} UDP and {tcp}/{LOOKUPS} TCP lookups answered; \
+         answer_admitted {}, answer_unsolicited {}",
+        counter(&report, "answer_admitted"),
+        counter(&report, "answer_unsolicited")
+    );
+    assert_eq!((udp, tcp), (LOOKUPS, LOOKUPS));
+    assert_eq!(counter(&report, "answer_unsolicited"), 0);
 }
