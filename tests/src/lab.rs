@@ -252,12 +252,8 @@ impl Drop for Process {
 }
 
 /// NSD (authoritative only) serving `ZONE` on 198.18.0.1:53 in the server namespace,
-/// with one server process per CPU. NSD's own response rate limiting (on by default in
-/// Debian's build: 200 answers/s per /24) is turned off: the lab measures the filters in
-/// front of the server, and the measuring client alone sends far more than that.
+/// with one server process per CPU (`servers::start_nsd`).
 pub fn start_nsd(world: &World) -> anyhow::Result<Process> {
-    let dir = world.dir.path().join("nsd");
-    fs::create_dir_all(&dir)?;
     let zone = format!(
         "$ORIGIN {ZONE}.\n$TTL 3600\n\
          @ IN SOA ns1 hostmaster 1 7200 3600 1209600 3600\n\
@@ -268,47 +264,13 @@ pub fn start_nsd(world: &World) -> anyhow::Result<Process> {
          @ IN MX 10 mail\n\
          @ IN TXT \"dns-xdp lab zone\"\n"
     );
-    fs::write(dir.join("zone"), zone)?;
-    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
-    let d = dir.display();
-    let config = format!(
-        "server:\n  ip-address: {SERVER_V4}\n  port: 53\n  server-count: {cpus}\n  \
-         reuseport: yes\n  username: \"\"\n  chroot: \"\"\n  database: \"\"\n  \
-         zonelistfile: \"{d}/zone.list\"\n  xfrdfile: \"{d}/xfrd.state\"\n  \
-         pidfile: \"{d}/nsd.pid\"\n  logfile: \"{d}/nsd.log\"\n  verbosity: 0\n  \
-         hide-version: yes\n  tcp-count: 100\n  receive-buffer-size: 4194304\n  \
-         rrl-ratelimit: 0\n  rrl-whitelist-ratelimit: 0\n\
-         remote-control:\n  control-enable: no\n\
-         zone:\n  name: {ZONE}\n  zonefile: \"{d}/zone\"\n"
-    );
-    fs::write(dir.join("nsd.conf"), config)?;
-    output(
-        world
-            .server
-            .command("nsd-checkconf")
-            .arg(dir.join("nsd.conf")),
+    crate::servers::start_nsd(
+        &world.server,
+        SERVER_V4,
+        &[(ZONE, &zone)],
+        &world.dir.path().join("nsd"),
+        || world.answers(),
     )
-    .context("nsd-checkconf refused the lab's configuration")?;
-    let mut nsd = Process::spawn(
-        "nsd",
-        world
-            .server
-            .command("nsd")
-            .arg("-d")
-            .arg("-c")
-            .arg(dir.join("nsd.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !world.answers() {
-        if !nsd.running() || Instant::now() > deadline {
-            let log = fs::read_to_string(dir.join("nsd.log")).unwrap_or_default();
-            bail!("NSD did not start answering: {}", log.trim());
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    Ok(nsd)
 }
 
 /// The query file dnsperf cycles through (all names exist in the zone).

@@ -8,4 +8,5 @@ pub mod loader;
 pub mod netns;
 pub mod packet;
 pub mod reference;
+pub mod servers;
 pub mod testrun;

@@ -37,7 +37,8 @@ fn stateful_rules(iface: &str) -> String {
     )
 }
 
-fn install_rules(netns: &Netns) {
+/// Loads `rules` (nft syntax) into `netns`.
+fn nft_apply(netns: &Netns, rules: &str) {
     let mut nft = netns
         .command("nft")
         .args(["-f", "-"])
@@ -47,9 +48,24 @@ fn install_rules(netns: &Netns) {
     nft.stdin
         .take()
         .unwrap()
-        .write_all(stateful_rules(LINK).as_bytes())
+        .write_all(rules.as_bytes())
         .unwrap();
-    assert!(nft.wait().unwrap().success(), "nft refused the test rules");
+    assert!(nft.wait().unwrap().success(), "nft refused {rules}");
+}
+
+fn install_rules(netns: &Netns) {
+    nft_apply(netns, &stateful_rules(LINK));
+}
+
+/// An upstream DNS server (the tests' responder) on the client's port 53.
+fn upstream_server(pair: &Pair) -> (SocketAddr, Responder) {
+    let upstream = SocketAddr::new(CLIENT_V4.parse().unwrap(), 53);
+    let responder = pair
+        .client
+        .run(move || Responder::bind(&[upstream], None))
+        .unwrap()
+        .expect("binding the upstream server");
+    (upstream, responder)
 }
 
 /// Connection attempts from the client's port 53 to listeners on `ports` of the server,
@@ -231,12 +247,7 @@ fn source_port_53_opens_nothing_behind_dns_xdp() {
 fn this_hosts_own_lookups_are_answered_and_spoofed_answers_are_not() {
     let pair = Pair::new().expect("creating namespaces");
     install_rules(&pair.server);
-    let upstream = SocketAddr::new(CLIENT_V4.parse().unwrap(), 53);
-    let responder = pair
-        .client
-        .run(move || Responder::bind(&[upstream], None))
-        .unwrap()
-        .expect("binding the upstream server");
+    let (upstream, responder) = upstream_server(&pair);
     let loader = Loader::attach(&pair.server, &[]).expect("attaching");
 
     const LOOKUPS: usize = 100;
@@ -480,31 +491,14 @@ fn a_masqueraded_namespace_behind_the_server_resolves_through_it() {
             .unwrap()
             .success()
     );
-    let mut nft = pair
-        .server
-        .command("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    nft.stdin
-        .take()
-        .unwrap()
-        .write_all(
-            format!(
-                "table ip test_nat {{\n  chain postrouting {{\n    type nat hook postrouting \
-                 priority 100;\n    oifname \"{LINK}\" masquerade\n  }}\n}}\n"
-            )
-            .as_bytes(),
-        )
-        .unwrap();
-    assert!(nft.wait().unwrap().success());
-    let upstream = SocketAddr::new(CLIENT_V4.parse().unwrap(), 53);
-    let _responder = pair
-        .client
-        .run(move || Responder::bind(&[upstream], None))
-        .unwrap()
-        .expect("binding the upstream server");
+    nft_apply(
+        &pair.server,
+        &format!(
+            "table ip test_nat {{\n  chain postrouting {{\n    type nat hook postrouting \
+             priority 100;\n    oifname \"{LINK}\" masquerade\n  }}\n}}\n"
+        ),
+    );
+    let (upstream, _responder) = upstream_server(&pair);
     let loader = Loader::attach(&pair.server, &[]).expect("attaching with the bypass on");
 
     const LOOKUPS: usize = 30;

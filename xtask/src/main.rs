@@ -58,6 +58,9 @@ const TEST_COMMANDS: &[(&str, &str)] = &[
     ("conntrack", "conntrack"),
     ("bpftool", "bpftool"),
 ];
+/// DNS servers the tests run as real peers, in namespaces (their packages would start
+/// the service on the host: installed with service starts refused).
+const TEST_SERVERS: &[(&str, &str)] = &[("nsd", "nsd"), ("unbound", "unbound")];
 
 fn main() -> anyhow::Result<()> {
     let started = Instant::now();
@@ -207,6 +210,8 @@ fn setup() -> anyhow::Result<()> {
         }
     }
 
+    install_servers(TEST_SERVERS)?;
+
     let Some(nightly) = output("rustup", &["run", "nightly", "rustc", "--version"]) else {
         bail!(
             "the nightly Rust toolchain is missing (the eBPF crate needs it): \
@@ -337,16 +342,24 @@ const LAB_COMMANDS: &[(&str, &str)] = &[
 /// the service in the initial namespace (listening on the real interfaces): a
 /// policy-rc.d that refuses service starts is in place during the install.
 fn setup_lab() -> anyhow::Result<()> {
-    let packages: Vec<&str> = LAB_COMMANDS
+    install_servers(LAB_COMMANDS)
+}
+
+/// Installs the packages of `commands` that are missing, with service starts refused
+/// (a policy-rc.d that exits 101 while apt runs): NSD's or Unbound's package would
+/// otherwise start the server in the initial namespace, on the real interfaces.
+fn install_servers(commands: &[(&str, &str)]) -> anyhow::Result<()> {
+    let names: Vec<&str> = commands.iter().map(|&(command, _)| command).collect();
+    let packages: Vec<&str> = commands
         .iter()
         .filter(|(command, _)| !on_path(command) && !Path::new("/usr/sbin").join(command).exists())
         .map(|&(_, package)| package)
         .collect();
     if packages.is_empty() {
-        step("lab packages (nsd, dnsperf, dig, iptables, ethtool): present");
+        step(&format!("packages for {}: present", names.join(", ")));
         return Ok(());
     }
-    step(&format!("lab packages: installing {}", packages.join(" ")));
+    step(&format!("packages: installing {}", packages.join(" ")));
     let policy = Path::new("/usr/sbin/policy-rc.d");
     let ours = !policy.exists();
     if ours {
