@@ -249,8 +249,19 @@ pub fn install(iface: &str, ports: &[u16]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Removes the bypass table of `iface`; succeeds when there was none.
+/// Whether `nft` is on PATH: without it no bypass table can exist, and
+/// `--conntrack-bypass=false` must work all the same.
+fn nft_installed() -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("nft").is_file()))
+}
+
+/// Removes the bypass table of `iface`; succeeds when there was none (or no nft to have
+/// made one).
 pub fn remove(iface: &str) -> anyhow::Result<()> {
+    if !nft_installed() {
+        return Ok(());
+    }
     apply_ruleset(&removal_batch(iface).to_nftables())
         .with_context(|| format!("removing the conntrack bypass of {iface} with nft"))
 }
@@ -364,7 +375,10 @@ pub fn hazards(ports: &[u16]) -> anyhow::Result<Vec<Hazard>> {
     Ok(find_hazards(&ruleset, ports))
 }
 
-/// The pure part of `hazards`, on nft's JSON.
+/// The pure part of `hazards`, on nft's JSON. A chain drops by default when its policy
+/// is drop, or when one of its rules drops or rejects everything that reaches it (as
+/// ufw's and firewalld's final rules do in chains whose policy is accept); the accepts
+/// that count are those before that rule, in the chain or in the chains it jumps to.
 pub fn find_hazards(ruleset: &Value, ports: &[u16]) -> Vec<Hazard> {
     let objects: Vec<&Value> = ruleset["nftables"]
         .as_array()
@@ -374,25 +388,17 @@ pub fn find_hazards(ruleset: &Value, ports: &[u16]) -> Vec<Hazard> {
     let mut hazards = Vec::new();
     for chain in objects.iter().filter_map(|object| object.get("chain")) {
         let hook = chain["hook"].as_str().unwrap_or_default();
-        if chain["policy"] != "drop" || !matches!(hook, "input" | "output") {
+        if !matches!(hook, "input" | "output") {
             continue;
         }
-        let rules: Vec<&Value> = objects
-            .iter()
-            .filter_map(|object| object.get("rule"))
-            .filter(|rule| {
-                rule["family"] == chain["family"]
-                    && rule["table"] == chain["table"]
-                    && rule["chain"] == chain["name"]
-            })
-            .collect();
+        let (rules, final_drop) = rules_until_final_drop(&objects, chain);
+        if chain["policy"] != "drop" && !final_drop {
+            continue;
+        }
         let missing: Vec<Needed> = NEEDED
             .into_iter()
             .filter(|needed| {
-                needed.hook == hook
-                    && !rules
-                        .iter()
-                        .any(|rule| accepts_statelessly(rule, needed.field, ports))
+                needed.hook == hook && !reaches_accept(&objects, &rules, needed.field, ports, 0)
             })
             .collect();
         if !missing.is_empty() {
@@ -408,6 +414,76 @@ pub fn find_hazards(ruleset: &Value, ports: &[u16]) -> Vec<Hazard> {
         }
     }
     hazards
+}
+
+/// The rules of `chain` before the first that drops or rejects whatever reaches it, and
+/// whether there is one.
+fn rules_until_final_drop<'a>(objects: &[&'a Value], chain: &Value) -> (Vec<&'a Value>, bool) {
+    let mut rules = Vec::new();
+    for rule in objects.iter().filter_map(|object| object.get("rule")) {
+        if rule["family"] != chain["family"]
+            || rule["table"] != chain["table"]
+            || rule["chain"] != chain["name"]
+        {
+            continue;
+        }
+        if drops_everything(rule) {
+            return (rules, true);
+        }
+        rules.push(rule);
+    }
+    (rules, false)
+}
+
+/// Whether `rule` drops or rejects every packet: a verdict and nothing that matches.
+fn drops_everything(rule: &Value) -> bool {
+    let statements: Vec<&Value> = rule["expr"].as_array().into_iter().flatten().collect();
+    let verdict = statements
+        .iter()
+        .any(|statement| statement.get("drop").is_some() || statement.get("reject").is_some());
+    verdict
+        && statements
+            .iter()
+            .all(|statement| statement.get("match").is_none())
+}
+
+/// Chains jumped to, followed this deep at the most (nft itself allows 16).
+const MAX_JUMP_DEPTH: usize = 16;
+
+/// Whether `rules`, or the chains they jump or go to, accept `field` (sport/dport) in
+/// `ports` statelessly.
+fn reaches_accept(
+    objects: &[&Value],
+    rules: &[&Value],
+    field: &str,
+    ports: &[u16],
+    depth: usize,
+) -> bool {
+    rules.iter().any(|rule| {
+        if accepts_statelessly(rule, field, ports) {
+            return true;
+        }
+        if depth >= MAX_JUMP_DEPTH {
+            return false;
+        }
+        let target = rule["expr"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|statement| {
+                statement["jump"]["target"]
+                    .as_str()
+                    .or_else(|| statement["goto"]["target"].as_str())
+            });
+        let Some(target) = target else {
+            return false;
+        };
+        let chain = serde_json::json!({
+            "family": rule["family"], "table": rule["table"], "name": target,
+        });
+        let (jumped, _) = rules_until_final_drop(objects, &chain);
+        reaches_accept(objects, &jumped, field, ports, depth + 1)
+    })
 }
 
 /// Whether `rule` accepts packets whose `field` (sport/dport) is one of `ports`, with no
@@ -577,6 +653,30 @@ mod tests {
         assert!(advice.iter().any(|line| {
             line.starts_with("iptables -I INPUT -i eth0 -p tcp -m multiport --sports 53 -j ACCEPT")
         }));
+    }
+
+    #[test]
+    fn accepts_in_a_jumped_to_chain_count_and_a_final_drop_rule_is_a_drop_policy() {
+        let sport = json!([{"match": {"op": "==", "left": {"payload": {"protocol": "th", "field": "sport"}}, "right": 53}}, {"accept": null}]);
+        let mut objects = vec![
+            json!({"chain": {"family": "inet", "table": "filter", "name": "input", "hook": "input", "policy": "drop"}}),
+            json!({"chain": {"family": "inet", "table": "filter", "name": "dns"}}),
+        ];
+        let rule = |chain: &str, expr: Value| json!({"rule": {"family": "inet", "table": "filter", "chain": chain, "expr": expr}});
+        objects.push(rule("input", json!([{"jump": {"target": "dns"}}])));
+        objects.push(rule("dns", dport_accept(&json!(53))));
+        objects.push(rule("dns", sport.clone()));
+        assert!(find_hazards(&json!({"nftables": objects}), &[53]).is_empty());
+
+        // ufw-like: policy accept, then a rule that drops everything, accepts after it.
+        let ufw = json!({"nftables": [
+            {"chain": {"family": "inet", "table": "filter", "name": "INPUT", "hook": "input", "policy": "accept"}},
+            rule("INPUT", json!([{"counter": null}, {"drop": null}])),
+            rule("INPUT", sport),
+        ]});
+        let hazards = find_hazards(&ufw, &[53]);
+        assert_eq!(hazards.len(), 1);
+        assert_eq!(hazards[0].missing.len(), 2, "{hazards:?}");
     }
 
     #[test]

@@ -258,3 +258,32 @@ fn pins_from_a_build_with_another_layout_are_refused() {
         "the foreign pin is left for `detach`"
     );
 }
+
+#[test]
+fn without_the_bypass_no_nft_is_needed() {
+    let pair = Pair::new().unwrap();
+    let bpffs = loader::BpfFs::new().unwrap();
+    // PATH without /usr/sbin: no nft (nor anything else from there) for the loader.
+    let mut command = Command::new("/usr/sbin/ip");
+    command
+        .args(["netns", "exec", pair.server.name()])
+        .arg(loader::binary())
+        .args([
+            "attach",
+            "--iface",
+            LINK,
+            "--json",
+            "--stats-interval",
+            "0.1",
+        ])
+        .args(["--conntrack-bypass=false", &bpffs.arg()])
+        .env("PATH", "/usr/bin:/bin");
+    let mut running = Loader::spawn(command).unwrap();
+    running
+        .next_json(Duration::from_secs(10))
+        .expect("attached without nft");
+    assert!(pair.server.xdp_attached(LINK));
+    let (status, _) = running.interrupt().unwrap();
+    assert!(status.success(), "exit {status:?}");
+    assert!(!pair.server.xdp_attached(LINK));
+}
