@@ -465,6 +465,17 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         .env_remove("CARGO")
         .current_dir(workspace_root()))?;
     cargo(&["build", "--package", "dns-xdp"])?;
+    let toolchain = toolchain_report();
+    // The verifier's budget first, its output shown (the harness hides a passing test's):
+    // each program's verified instructions, the kernel release and the toolchain.
+    step("the verifier's budget: every program's verified instructions");
+    run(
+        Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["test", "--package", "dns-xdp-tests", "--test", "verifier"])
+            .args(["--", "every_program_verifies", "--nocapture"])
+            .env("DNS_XDP_TOOLCHAIN", &toolchain)
+            .current_dir(workspace_root()),
+    )?;
     // No doc tests: none are written, and their empty results would end the log.
     let mut args = vec![
         "test",
@@ -477,7 +488,6 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     ];
     args.extend(extra.iter().map(String::as_str));
     step(&format!("cargo {}", args.join(" ")));
-    let toolchain = toolchain_report();
     let mut child = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(&args)
         .env("DNS_XDP_TOOLCHAIN", &toolchain)
