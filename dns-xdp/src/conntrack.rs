@@ -361,18 +361,182 @@ const NEEDED: [Needed; 4] = [
 /// A filter chain that would drop untracked DNS, and the accept rules it lacks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hazard {
-    /// `family table chain`, as nft names it.
+    /// `family table chain`, as nft names it (`ip`/`ip6` for iptables-legacy).
     pub chain: String,
     pub missing: Vec<Needed>,
+    /// An iptables-legacy chain (nft does not show it): its fix is an iptables-legacy rule.
+    pub legacy: bool,
 }
 
-/// Looks at the host's nftables ruleset (iptables-nft rules included) for input/output
-/// filter chains with a drop policy and no stateless accept for the DNS ports: untracked
-/// packets match no `ct state` rule, so such a chain drops them once the bypass is on.
+/// Looks at the host's nftables ruleset (iptables-nft rules included) and its
+/// iptables-legacy filter tables for input/output filter chains with a drop policy and
+/// no stateless accept for the DNS ports: untracked packets match no `ct state` rule,
+/// so such a chain drops them once the bypass is on.
 pub fn hazards(ports: &[u16]) -> anyhow::Result<Vec<Hazard>> {
     let ruleset = get_current_ruleset().context("reading the nftables ruleset")?;
     let ruleset = serde_json::to_value(&ruleset)?;
-    Ok(find_hazards(&ruleset, ports))
+    let mut hazards = find_hazards(&ruleset, ports);
+    for (family, tool) in LEGACY_SAVE {
+        // Without the tool, or without the legacy tables loaded, there is nothing to check.
+        let Ok(output) = std::process::Command::new(tool)
+            .args(["-t", "filter"])
+            .output()
+        else {
+            continue;
+        };
+        if output.status.success() {
+            let save = String::from_utf8_lossy(&output.stdout);
+            hazards.extend(find_legacy_hazards(&save, family, ports));
+        }
+    }
+    Ok(hazards)
+}
+
+/// The iptables-legacy families and the tools that print their rules.
+const LEGACY_SAVE: [(&str, &str); 2] = [
+    ("ip", "iptables-legacy-save"),
+    ("ip6", "ip6tables-legacy-save"),
+];
+
+/// The pure part of the iptables-legacy check, on `iptables-legacy-save -t filter`
+/// output: the same rules as `find_hazards` (a DROP policy, or an unconditional DROP or
+/// REJECT rule, with no stateless accept of the DNS ports before it, in the chain or a
+/// chain it jumps to), for the built-in INPUT and OUTPUT chains.
+pub fn find_legacy_hazards(save: &str, family: &str, ports: &[u16]) -> Vec<Hazard> {
+    let mut policies = Vec::new();
+    let mut rules: Vec<(String, Vec<String>)> = Vec::new();
+    for line in save.lines().map(str::trim) {
+        if let Some(chain) = line.strip_prefix(':') {
+            let mut fields = chain.split_whitespace();
+            if let (Some(name), Some(policy)) = (fields.next(), fields.next()) {
+                policies.push((name.to_owned(), policy.to_owned()));
+            }
+        } else if let Some(rule) = line.strip_prefix("-A ") {
+            let mut words = shell_words(rule);
+            if !words.is_empty() {
+                let chain = words.remove(0);
+                rules.push((chain, words));
+            }
+        }
+    }
+    let mut hazards = Vec::new();
+    for (chain, hook) in [("INPUT", "input"), ("OUTPUT", "output")] {
+        let drop_policy = policies
+            .iter()
+            .any(|(name, policy)| name == chain && policy == "DROP");
+        let (before, final_drop) = legacy_rules_until_final_drop(&rules, chain);
+        if !drop_policy && !final_drop {
+            continue;
+        }
+        let missing: Vec<Needed> = NEEDED
+            .into_iter()
+            .filter(|needed| {
+                needed.hook == hook
+                    && !legacy_reaches_accept(&rules, &before, needed.field, ports, 0)
+            })
+            .collect();
+        if !missing.is_empty() {
+            hazards.push(Hazard {
+                chain: format!("{family} filter {chain}"),
+                missing,
+                legacy: true,
+            });
+        }
+    }
+    hazards
+}
+
+/// The rule arguments of `chain` before its first unconditional DROP or REJECT, and
+/// whether there is one.
+fn legacy_rules_until_final_drop<'a>(
+    rules: &'a [(String, Vec<String>)],
+    chain: &str,
+) -> (Vec<&'a [String]>, bool) {
+    let mut before = Vec::new();
+    for (name, words) in rules {
+        if name != chain {
+            continue;
+        }
+        let unconditional = matches!(
+            words.iter().map(String::as_str).collect::<Vec<_>>()[..],
+            ["-j", "DROP"] | ["-j", "REJECT"] | ["-j", "REJECT", "--reject-with", _]
+        );
+        if unconditional {
+            return (before, true);
+        }
+        before.push(words.as_slice());
+    }
+    (before, false)
+}
+
+/// Whether `rules`, or the user chains they jump or go to, accept `field` (sport/dport)
+/// in `ports` with no conntrack condition.
+fn legacy_reaches_accept(
+    all: &[(String, Vec<String>)],
+    rules: &[&[String]],
+    field: &str,
+    ports: &[u16],
+    depth: usize,
+) -> bool {
+    rules.iter().any(|words| {
+        let value = |option: &str| {
+            words
+                .iter()
+                .position(|word| word == option)
+                .and_then(|at| words.get(at + 1))
+                .map(String::as_str)
+        };
+        let target = value("-j").or_else(|| value("-g"));
+        if target == Some("ACCEPT") {
+            let stateful = words
+                .iter()
+                .any(|word| word == "--ctstate" || word == "--state");
+            let listed = value(&format!("--{field}")).or_else(|| value(&format!("--{field}s")));
+            return !stateful
+                && listed.is_some_and(|list| ports.iter().all(|&port| legacy_covers(list, port)));
+        }
+        match target {
+            Some(chain) if depth < MAX_JUMP_DEPTH && all.iter().any(|(name, _)| name == chain) => {
+                let (jumped, _) = legacy_rules_until_final_drop(all, chain);
+                legacy_reaches_accept(all, &jumped, field, ports, depth + 1)
+            }
+            _ => false,
+        }
+    })
+}
+
+/// Whether an iptables port list (`53`, `53,853`, `1:1024`) holds `port`.
+fn legacy_covers(list: &str, port: u16) -> bool {
+    list.split(',').any(|item| match item.split_once(':') {
+        Some((low, high)) => {
+            let low = low.parse().unwrap_or(0);
+            let high = high.parse().unwrap_or(u16::MAX);
+            (low..=high).contains(&port)
+        }
+        None => item.parse() == Ok(port),
+    })
+}
+
+/// The words of an iptables-save rule; double quotes group (comments).
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    for character in line.chars() {
+        match character {
+            '"' => quoted = !quoted,
+            ' ' | '\t' if !quoted => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            _ => word.push(character),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
 }
 
 /// The pure part of `hazards`, on nft's JSON. A chain drops by default when its policy
@@ -410,6 +574,7 @@ pub fn find_hazards(ruleset: &Value, ports: &[u16]) -> Vec<Hazard> {
                     chain["name"].as_str().unwrap_or_default()
                 ),
                 missing,
+                legacy: false,
             });
         }
     }
@@ -551,13 +716,20 @@ pub fn advice(hazard: &Hazard, ports: &[u16], iface: &str) -> Vec<String> {
         } else {
             ("oifname", "-o")
         };
-        lines.push(format!(
-            "nft add rule {} {nft_iface} \"{iface}\" meta l4proto {{ udp, tcp }} th {field} {ports_nft} accept   # {lets_through}",
-            hazard.chain
-        ));
+        let iptables = match (hazard.legacy, hazard.chain.starts_with("ip6 ")) {
+            (false, _) => {
+                lines.push(format!(
+                    "nft add rule {} {nft_iface} \"{iface}\" meta l4proto {{ udp, tcp }} th {field} {ports_nft} accept   # {lets_through}",
+                    hazard.chain
+                ));
+                "iptables"
+            }
+            (true, false) => "iptables-legacy",
+            (true, true) => "ip6tables-legacy",
+        };
         for proto in ["udp", "tcp"] {
             lines.push(format!(
-                "iptables -I {} {iptables_iface} {iface} -p {proto} -m multiport --{field}s {} -j ACCEPT   # {lets_through}",
+                "{iptables} -I {} {iptables_iface} {iface} -p {proto} -m multiport --{field}s {} -j ACCEPT   # {lets_through}",
                 hook.to_uppercase(),
                 list(",")
             ));
@@ -677,6 +849,48 @@ mod tests {
         let hazards = find_hazards(&ufw, &[53]);
         assert_eq!(hazards.len(), 1);
         assert_eq!(hazards[0].missing.len(), 2, "{hazards:?}");
+    }
+
+    #[test]
+    fn iptables_legacy_chains_are_checked_too() {
+        let save = "# Generated by iptables-save\n*filter\n:INPUT DROP [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:DNS - [0:0]\n\
+            -A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
+            -A INPUT -p udp -m udp --dport 53 -m comment --comment \"dns queries\" -j ACCEPT\n\
+            -A INPUT -p tcp -m conntrack --ctstate NEW -m tcp --dport 53 -j ACCEPT\n\
+            -A OUTPUT -j DNS\n-A OUTPUT -j REJECT --reject-with icmp-port-unreachable\n\
+            -A DNS -p udp -m multiport --sports 1:1024 -j ACCEPT\nCOMMIT\n";
+        let hazards = find_legacy_hazards(save, "ip", &[53]);
+        let found: Vec<_> = hazards
+            .iter()
+            .map(|hazard| {
+                let fields: Vec<_> = hazard.missing.iter().map(|needed| needed.field).collect();
+                (hazard.chain.as_str(), fields)
+            })
+            .collect();
+        // INPUT accepts queries statelessly (the TCP accept needs a state: it does not
+        // count, the UDP one does), not answers; OUTPUT's jump accepts answers from
+        // port 53, not queries to upstream servers, before its final REJECT.
+        assert_eq!(
+            found,
+            [
+                ("ip filter INPUT", vec!["sport"]),
+                ("ip filter OUTPUT", vec!["dport"])
+            ]
+        );
+        assert!(hazards.iter().all(|hazard| hazard.legacy));
+        let advice = advice(&hazards[0], &[53], "eth0");
+        assert_eq!(advice.len(), 2, "{advice:?}");
+        assert!(advice[0].starts_with(
+            "iptables-legacy -I INPUT -i eth0 -p udp -m multiport --sports 53 -j ACCEPT"
+        ));
+        assert!(
+            find_legacy_hazards(
+                ":INPUT ACCEPT [0:0]\n-A INPUT -p udp -j ACCEPT\n",
+                "ip6",
+                &[53]
+            )
+            .is_empty()
+        );
     }
 
     #[test]

@@ -287,3 +287,43 @@ fn without_the_bypass_no_nft_is_needed() {
     assert!(status.success(), "exit {status:?}");
     assert!(!pair.server.xdp_attached(LINK));
 }
+
+#[test]
+fn an_iptables_legacy_drop_policy_is_reported_with_its_fix() {
+    let pair = Pair::new().unwrap();
+    // A legacy (not nft) filter table that drops by default, accepting only tracked
+    // traffic: nft's ruleset does not show it, and the bypass's untracked DNS would die
+    // there.
+    for args in [
+        ["-P", "INPUT", "DROP"].as_slice(),
+        &[
+            "-A",
+            "INPUT",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED",
+            "-j",
+            "ACCEPT",
+        ],
+    ] {
+        let status = pair
+            .server
+            .command("iptables-legacy")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "iptables-legacy {args:?}");
+    }
+    let loader = Loader::attach(&pair.server, &[]).expect("attaching");
+    std::thread::sleep(Duration::from_millis(300));
+    let stderr = loader.stderr_text();
+    loader.kill();
+    assert!(
+        stderr.contains("chain ip filter INPUT drops by default"),
+        "{stderr}"
+    );
+    let fix =
+        format!("iptables-legacy -I INPUT -i {LINK} -p udp -m multiport --dports 53 -j ACCEPT");
+    assert!(stderr.contains(&fix), "{stderr}");
+}
