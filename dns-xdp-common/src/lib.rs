@@ -7,6 +7,10 @@
 
 use bytemuck::{Pod, Zeroable};
 
+pub mod tcp;
+
+use tcp::TcpStream;
+
 /// Ports that carry DNS, as a 65 536-bit set: one config lookup answers "is this a DNS
 /// port?" for any port with one load, whatever the number of configured ports.
 #[repr(C)]
@@ -75,7 +79,7 @@ impl Limit {
             return None;
         }
         let interval_ns = period_ns / packets;
-        if interval_ns == 0 {
+        if interval_ns == 0 || interval_ns > MAX_INTERVAL_NS {
             return None;
         }
         match interval_ns.checked_mul(burst - 1) {
@@ -92,6 +96,14 @@ impl Limit {
         self.interval_ns != 0
     }
 
+    /// The time `cost` packets take at this rate. No overflow: the interval is at most
+    /// `MAX_INTERVAL_NS` (2^48, `new` checks it) and no charge exceeds
+    /// `tcp::MAX_SEGMENT_COST` (2^13).
+    #[inline(always)]
+    pub const fn charge_ns(&self, cost: u64) -> u64 {
+        self.interval_ns * cost
+    }
+
     /// The burst this limit admits at once.
     pub const fn burst(&self) -> u64 {
         match self.interval_ns {
@@ -103,6 +115,8 @@ impl Limit {
 
 /// The largest tolerance accepted: 2^62 ns (146 years of burst).
 pub const MAX_TOLERANCE_NS: u64 = 1 << 62;
+/// The longest interval accepted: 2^48 ns (3.3 days between packets).
+pub const MAX_INTERVAL_NS: u64 = 1 << 48;
 
 /// GCRA admission: with the source's theoretical arrival time `tat` (0 for a new
 /// source) and the time `now`, returns the new `tat` if the packet conforms, `None` if it
@@ -110,12 +124,24 @@ pub const MAX_TOLERANCE_NS: u64 = 1 << 62;
 /// n <= burst, and after that one packet per interval.
 #[inline(always)]
 pub const fn gcra(tat: u64, now: u64, limit: &Limit) -> Option<u64> {
+    gcra_charge(tat, now, limit, 1)
+}
+
+/// GCRA admission of `cost` packets at once (a TCP segment that carries several
+/// queries): conforms if they fit in what is left of the burst, or if the bucket is full
+/// (`tat <= now`), so that a charge larger than the burst still passes, into debt, once
+/// the source has been quiet long enough. With cost 1 this is `gcra`. Over any stretch
+/// the admitted total is at most max(burst, the largest charge) + rate × time.
+#[inline(always)]
+pub const fn gcra_charge(tat: u64, now: u64, limit: &Limit, cost: u64) -> Option<u64> {
     let tat = if tat > now { tat } else { now };
-    if tat - now > limit.tolerance_ns {
-        None
-    } else {
-        Some(tat + limit.interval_ns)
-    }
+    let charge = limit.charge_ns(cost);
+    let burst = limit.tolerance_ns + limit.interval_ns;
+    // One comparison for both cases: a charge larger than the burst fits only a full
+    // bucket (`tat == now`), any other one what is left of the burst.
+    let room = if charge > burst { charge } else { burst };
+    let next = tat + charge;
+    if next - now > room { None } else { Some(next) }
 }
 
 /// The latest theoretical arrival time a bucket can reach under `limit` at `now`. A
@@ -146,7 +172,7 @@ pub const fn is_heavy(tat: u64, now: u64, limit: &Limit) -> bool {
 /// heavy) queries it is first come, first served, so each source is shed in proportion
 /// to what it sends.
 #[inline(always)]
-pub const fn budget_gcra(tat: u64, now: u64, limit: &Limit, heavy: bool) -> Option<u64> {
+pub const fn budget_gcra(tat: u64, now: u64, limit: &Limit, heavy: bool, cost: u64) -> Option<u64> {
     let tat = if tat > now { tat } else { now };
     let tolerance = if heavy {
         limit.tolerance_ns
@@ -156,7 +182,7 @@ pub const fn budget_gcra(tat: u64, now: u64, limit: &Limit, heavy: bool) -> Opti
     if tat - now > tolerance {
         None
     } else {
-        Some(tat + limit.interval_ns)
+        Some(tat + limit.charge_ns(cost))
     }
 }
 
@@ -381,9 +407,10 @@ impl SourceKey {
             level: index,
             ..Self::zeroed()
         };
-        for ((out, byte), mask) in key.addr.iter_mut().zip(addr).zip(level.v4_mask) {
-            *out = byte & mask;
-        }
+        // Whole words, not bytes: byte-wise masks keep a value live per byte, which the
+        // BPF backend spills to the stack of the level walk's callback.
+        let masked = u32::from_ne_bytes(addr) & u32::from_ne_bytes(level.v4_mask);
+        key.addr[..4].copy_from_slice(&masked.to_ne_bytes());
         key
     }
 
@@ -395,9 +422,7 @@ impl SourceKey {
             level: index,
             ..Self::zeroed()
         };
-        for ((out, byte), mask) in key.addr.iter_mut().zip(addr).zip(level.v6_mask) {
-            *out = byte & mask;
-        }
+        key.addr = (u128::from_ne_bytes(addr) & u128::from_ne_bytes(level.v6_mask)).to_ne_bytes();
         key
     }
 }
@@ -485,12 +510,23 @@ impl AwaitedKey {
     }
 }
 
-/// Value of the `AWAITED` map.
+/// Value of the `AWAITED` map. For a TCP connection a client opened to this server,
+/// the egress program also keeps what the server sent (`server_first`,
+/// `server_next`, `client_acked`); `dns_xdp` keeps the client's stream.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Default, Debug, PartialEq, Eq)]
 pub struct AwaitedState {
     /// Until when (`bpf_ktime_get_ns` clock) an answer is admitted.
     pub expires_ns: u64,
+    /// The lowest acknowledgement number a client's segment may carry: the server's
+    /// initial sequence number + 1 (from its SYN-ACK).
+    pub server_first: u32,
+    /// The sequence number after the last the server sent: the highest acknowledgement
+    /// a client can send. A segment acknowledging outside these two is blind (spoofed).
+    pub server_next: u32,
+    /// How far the server has acknowledged the client's stream.
+    pub client_acked: u32,
+    pub stream: TcpStream,
 }
 
 /// Key of the `FRAGMENTS` map: an IP datagram whose first fragment was an admitted answer.
@@ -623,10 +659,10 @@ counters! {
     AnswerTcp4 => "answer_tcp4",
     /// TCP over IPv6 from a DNS port.
     AnswerTcp6 => "answer_tcp6",
-    /// Well-formed but not DNS: another EtherType, IP protocol or port, or more VLAN
-    /// tags than the parser reads.
+    /// Well-formed but not DNS: another EtherType, IP protocol or port.
     NonDns => "non_dns",
-    /// Truncated or inconsistent headers at any layer.
+    /// Truncated or inconsistent headers at any layer, or more of them than the parser
+    /// reads (VLAN tags, IPv6 extension headers): dropped.
     Malformed => "malformed",
     /// A non-first IP fragment: no L4 header to classify.
     Fragment => "fragment",
@@ -684,9 +720,22 @@ counters! {
     /// TCP segments to a DNS port, other than connection attempts, of no connection this
     /// server accepted: dropped (so no RST answers a spoofed source).
     TcpUnsolicited => "tcp_unsolicited",
-    /// TCP segments with data (queries) on an accepted connection: charged to the
-    /// source's TCP buckets, one query each.
+    /// TCP segments with data (queries) on an accepted connection that were charged to
+    /// the source's TCP data buckets (by the messages they carry).
     TcpSegmentCharged => "tcp_segment_charged",
+    /// The messages those segments were charged: each query counted exactly where XDP's
+    /// view of the stream is the server's, else the worst case (one per 14 bytes).
+    TcpMessagesCharged => "tcp_messages_charged",
+    /// TCP segments on a known connection whose acknowledgement number the server never
+    /// sent (blind, spoofed): dropped, so no RST or ACK answers them.
+    TcpBadAck => "tcp_bad_ack",
+    /// TCP data segments beyond a gap in the stream (an earlier one was lost): dropped
+    /// until the missing data arrives, so the stack sees the stream in order.
+    TcpOutOfOrder => "tcp_out_of_order",
+    /// TCP connection attempts to a DNS port carrying data (TCP Fast Open), or IP
+    /// fragments of TCP to a DNS port: dropped (the client retries with a plain SYN; no
+    /// stack fragments TCP).
+    TcpUnusual => "tcp_unusual",
 }
 
 counters! {
@@ -1177,7 +1226,7 @@ mod tests {
         let mut admitted = (0, 0);
         for (count, heavy) in [(heavy_first, true), (light_then, false)] {
             for _ in 0..count {
-                if let Some(next) = budget_gcra(tat, now, limit, heavy) {
+                if let Some(next) = budget_gcra(tat, now, limit, heavy, 1) {
                     tat = next;
                     if heavy {
                         admitted.0 += 1;
@@ -1203,7 +1252,7 @@ mod tests {
         let mut admitted = 0;
         for step in 0..10_000u64 {
             let now = NS_PER_SEC + step * 100_000;
-            if let Some(next) = budget_gcra(tat, now, &limit, true) {
+            if let Some(next) = budget_gcra(tat, now, &limit, true, 1) {
                 tat = next;
                 admitted += 1;
             }

@@ -12,9 +12,9 @@ mod slip;
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use aya_ebpf::{
-    bindings::{TC_ACT_UNSPEC, xdp_action},
+    bindings::{TC_ACT_UNSPEC, xdp_action, xdp_md},
     cty::c_void,
-    helpers::{bpf_ktime_get_ns, bpf_loop},
+    helpers::{bpf_ktime_get_ns, bpf_loop, bpf_xdp_load_bytes},
     macros::{classifier, map, xdp},
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::{TcContext, XdpContext},
@@ -25,10 +25,14 @@ use dns_xdp_common::{
     BUCKET_TCP_CONNECT, BUCKET_TCP_DATA, BUCKET_UDP, Class, Config, Counter, Counters,
     DEFAULT_TABLE_SIZE, EgressCounter, EgressCounters, FRAGMENT_TABLE_SIZE, FRAGMENT_WINDOW_NS,
     FragmentKey, L4, LIST_ALLOW, Level, Limit, ListEntry, MAX_LEVELS, MAX_LIST_ENTRIES,
-    SLIP_PREFIX_SLOTS, SLIP_V4_PREFIX, SLIP_V6_PREFIX, SourceKey, SourceState, budget_gcra, gcra,
-    gcra_ceiling, is_heavy, query_defect, slip_prefix_hash,
+    SLIP_PREFIX_SLOTS, SLIP_V4_PREFIX, SLIP_V6_PREFIX, SourceKey, SourceState, budget_gcra,
+    gcra_ceiling, gcra_charge, is_heavy, query_defect, slip_prefix_hash,
+    tcp::{
+        MAX_SEGMENT_COST, MAX_SEGMENT_MESSAGES, STREAM_DESYNCED, SegmentPlan, TcpStream, Walked,
+        finish_walk, plan_segment, seq_latest, seq_within,
+    },
 };
-use parse::{Frame, StoredTransport, Transport};
+use parse::{Frame, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Transport};
 
 /// Runtime configuration (DNS ports, limit, prefixes, flags), double-buffered: the loader
 /// writes the slot not in use, then flips CONFIG_SLOT; read once per packet.
@@ -80,12 +84,16 @@ static AWAITED: LruHashMap<AwaitedKey, AwaitedState> =
 static FRAGMENTS: LruHashMap<FragmentKey, u64> =
     LruHashMap::with_max_entries(FRAGMENT_TABLE_SIZE, 0);
 
-/// The parsed query handed from the parser to the policy, one per CPU; written and read
-/// back by `dns_xdp` only. Read back through memory, its offsets are values the verifier
-/// does not know: the policy is verified once for all header layouts, not once for
-/// each (see docs/ARCHITECTURE.md, "Verifier budget").
+/// Values `dns_xdp` hands from one step to the next through memory, one slot per CPU,
+/// so that the verifier no longer knows them (`untracked`): the parsed transport (its
+/// offsets differ by header layout), a query's charge (bucket and cost). What follows
+/// is then verified once for all their values, not once for each (see
+/// docs/ARCHITECTURE.md, "Verifier budget"). Written and read back by `dns_xdp` only.
 #[map]
-static PARSED: PerCpuArray<StoredTransport> = PerCpuArray::with_max_entries(1, 0);
+static UNTRACKED: PerCpuArray<[u64; UNTRACKED_WORDS]> = PerCpuArray::with_max_entries(1, 0);
+
+/// The size of an `UNTRACKED` slot, in 8-byte words.
+const UNTRACKED_WORDS: usize = 6;
 
 /// The global slip cap's GCRA theoretical arrival time, shared by all CPUs; written here.
 #[map]
@@ -222,24 +230,23 @@ fn awaited(key: &AwaitedKey, now: u64) -> bool {
         .is_some_and(|state| unsafe { (*state).expires_ns } >= now)
 }
 
-/// Whether the TCP segment `transport` describes, sent to a DNS port, belongs to a
-/// connection this server accepted: its SYN-ACK (and every answer since) left through
-/// the egress program, which recorded the connection.
+/// The record of the connection this server accepted that the TCP segment `transport`
+/// describes (sent to a DNS port) belongs to: its SYN-ACK (and every segment since)
+/// left through the egress program, which recorded the connection. Unexpired.
 #[inline(always)]
-fn in_accepted_connection(frame: &Frame, transport: &Transport) -> bool {
-    let Some(remote) = source_address(frame, transport) else {
-        return false;
-    };
+fn accepted_connection(frame: &Frame, transport: &Transport) -> Option<*mut AwaitedState> {
     let key = AwaitedKey::new(
-        remote,
+        source_address(frame, transport)?,
         transport.src_port,
         transport.dst_port,
         0,
         transport.ipv6,
         true,
     );
-    // SAFETY: a helper without arguments.
-    awaited(&key, unsafe { bpf_ktime_get_ns() })
+    let state = AWAITED.get_ptr_mut(key)?;
+    // SAFETY: a map value, read once; a helper without arguments.
+    let live = unsafe { (*state).expires_ns >= bpf_ktime_get_ns() };
+    live.then_some(state)
 }
 
 /// A later fragment passes if its datagram's first fragment was an admitted answer;
@@ -270,20 +277,25 @@ fn admit_fragment(
     police_query(ctx, frame, transport, config, counters)
 }
 
-/// `transport` stored in `PARSED` and read back: the same values, now unknown to the
-/// verifier, so that nothing after this point is verified once per header layout the
-/// parser can leave (each layout ends with different constant offsets, and states that
-/// differ in a constant do not merge).
+/// `transport` with its values unknown to the verifier, so that nothing after this point
+/// is verified once per header layout the parser can leave (each layout ends with
+/// different constant offsets, and states that differ in a constant do not merge).
 #[inline(always)]
 fn forget_layout(transport: Transport) -> Option<Transport> {
-    let slot = PARSED.get_ptr_mut(0)?;
-    // SAFETY: this CPU's slot; XDP programs do not nest on a CPU. Volatile, so the
-    // compiler does not forward the stored values past the map.
-    let stored = unsafe {
-        core::ptr::write_volatile(slot, transport.to_stored());
-        core::ptr::read_volatile(slot)
-    };
-    Some(Transport::from_stored(stored))
+    untracked(transport.to_stored()).map(Transport::from_stored)
+}
+
+/// `value` stored in `UNTRACKED` and read back: the same value, unknown to the verifier.
+#[inline(always)]
+fn untracked<T: Copy>(value: T) -> Option<T> {
+    const { assert!(size_of::<T>() <= size_of::<[u64; UNTRACKED_WORDS]>() && align_of::<T>() <= 8) };
+    let slot = UNTRACKED.get_ptr_mut(0)?.cast::<T>();
+    // SAFETY: this CPU's slot, large and aligned enough (checked above); XDP programs do
+    // not nest on a CPU. Volatile, so the compiler does not forward the value past the map.
+    unsafe {
+        core::ptr::write_volatile(slot, value);
+        Some(core::ptr::read_volatile(slot))
+    }
 }
 
 /// A query's source address.
@@ -313,8 +325,8 @@ impl Source {
     }
 }
 
-/// The verdict on a query: allow/deny lists first (longest prefix wins), then the
-/// source's bucket. With neither configured, the source address is not even read.
+/// The verdict on a query: what its transport demands first (a UDP datagram that can
+/// be a query, a TCP segment of an accepted connection), then its source's.
 #[inline(always)]
 fn police_query(
     ctx: &XdpContext,
@@ -323,7 +335,8 @@ fn police_query(
     config: &Config,
     counters: &mut Counters,
 ) -> u32 {
-    match transport.l4 {
+    let mut stream = None;
+    let bucket = match transport.l4 {
         // Sanity first: a datagram that cannot be a query is refused whatever its source.
         L4::Udp if config.sanity() && !transport.later_fragment => {
             let defect = match frame.dns_header(transport.payload, transport.payload_len) {
@@ -334,24 +347,240 @@ fn police_query(
                 counters.bump(defect);
                 return refuse(config, counters);
             }
+            BUCKET_UDP
         }
-        // Over TCP, any segment but a connection attempt must belong to a connection
-        // this server accepted, or it is dropped: no RST then answers a spoofed source,
-        // and no segment reaches the stack unpoliced. On an accepted connection, a
-        // segment with data (a query, or several pipelined) is charged one query to the
-        // source's TCP buckets; pure ACKs, FINs and RSTs pass.
-        L4::Tcp if !transport.syn => {
-            if !in_accepted_connection(frame, transport) {
-                counters.bump(Counter::TcpUnsolicited);
-                return refuse(config, counters);
-            }
-            if transport.payload_len == 0 {
-                return xdp_action::XDP_PASS;
-            }
-            counters.bump(Counter::TcpSegmentCharged);
+        L4::Udp => BUCKET_UDP,
+        // A connection attempt with data (Fast Open) would hand the stack a query before
+        // the connection has a stream to count it in; a fragmented segment cannot be
+        // read here at all. Neither is needed: clients retry with a plain SYN, and TCP
+        // is sized to fit the path.
+        L4::Tcp if transport.first_fragment || (transport.syn && transport.payload_len != 0) => {
+            counters.bump(Counter::TcpUnusual);
+            return refuse(config, counters);
         }
-        _ => {}
+        L4::Tcp if transport.syn => BUCKET_TCP_CONNECT,
+        L4::Tcp => {
+            let mut charge = StreamCharge {
+                messages: 0,
+                state: core::ptr::null_mut(),
+                next: TcpStream::default(),
+            };
+            let verdict = police_segment_apart(ctx, transport, config, counters, &mut charge);
+            if verdict != CHARGE_DUE {
+                return verdict;
+            }
+            // One call of the policy below: each call site is verified on its own.
+            stream = Some(charge);
+            BUCKET_TCP_DATA
+        }
+    };
+    let cost = stream.map_or(1, |charge| u64::from(charge.messages));
+    let verdict = police_source(ctx, frame, transport, config, counters, bucket, cost);
+    if let (Some(charge), xdp_action::XDP_PASS) = (stream, verdict) {
+        // SAFETY: the connection's record, looked up by police_segment.
+        unsafe { (*charge.state).stream = charge.next };
     }
+    verdict
+}
+
+/// `police_segment_apart`'s verdict when the segment is to be charged.
+const CHARGE_DUE: u32 = u32::MAX;
+
+/// `police_segment` as a function of its own: its locals (keys, stream states) take a
+/// stack frame of their own instead of the program's, which the level walk's callback
+/// adds to (together they must stay within the verifier's 512 bytes). Returns the
+/// verdict, or `CHARGE_DUE` with the charge in `charge`.
+#[inline(never)]
+fn police_segment_apart(
+    ctx: &XdpContext,
+    transport: &Transport,
+    config: &Config,
+    counters: &mut Counters,
+    charge: &mut StreamCharge,
+) -> u32 {
+    let frame = Frame::new(ctx.data(), ctx.data_end());
+    match police_segment(ctx, &frame, transport, config, counters) {
+        Ok(due) => {
+            *charge = due;
+            CHARGE_DUE
+        }
+        Err(verdict) => verdict,
+    }
+}
+
+/// A TCP data segment's charge, and the stream after it once it passes.
+#[derive(Clone, Copy)]
+struct StreamCharge {
+    messages: u32,
+    state: *mut AwaitedState,
+    next: TcpStream,
+}
+
+/// A TCP segment to a DNS port, other than a connection attempt. It must belong to a
+/// connection this server accepted and acknowledge something the server sent, or it is
+/// dropped: no RST or ACK then answers a spoofed source, and no segment reaches the
+/// stack unpoliced. A segment with data is charged the queries it carries (`tcp`
+/// module) to the source's TCP data buckets; the stream advances only if it passes.
+/// `Err`: the verdict, when no charge is due.
+#[inline(always)]
+fn police_segment(
+    ctx: &XdpContext,
+    frame: &Frame,
+    transport: &Transport,
+    config: &Config,
+    counters: &mut Counters,
+) -> Result<StreamCharge, u32> {
+    let Some(state_ptr) = accepted_connection(frame, transport) else {
+        counters.bump(Counter::TcpUnsolicited);
+        return Err(refuse(config, counters));
+    };
+    // SAFETY: a map value. The egress program writes its other fields, each whole;
+    // only this program writes `stream`.
+    let state = unsafe { &mut *state_ptr };
+    let flags = transport.tcp_flags;
+    // Without an ACK only a reset is valid (the stack checks its sequence number and
+    // rate-limits what it sends back).
+    let blind = if flags & TCP_ACK == 0 {
+        flags & TCP_RST == 0
+    } else {
+        // SAFETY: fields the egress program writes whole.
+        let (first, next) = unsafe {
+            (
+                core::ptr::read_volatile(&state.server_first),
+                core::ptr::read_volatile(&state.server_next),
+            )
+        };
+        !seq_within(transport.ack_seq, first, next)
+    };
+    if blind {
+        counters.bump(Counter::TcpBadAck);
+        return Err(refuse(config, counters));
+    }
+    if transport.payload_len == 0 {
+        return Err(xdp_action::XDP_PASS);
+    }
+    let len = transport.payload_len as u32;
+    // SAFETY: as above.
+    let acked = unsafe { core::ptr::read_volatile(&state.client_acked) };
+    let stream = state.stream;
+    let (messages, next) = match plan_segment(&stream, acked, transport.seq, len) {
+        SegmentPlan::Duplicate => return Err(xdp_action::XDP_PASS),
+        SegmentPlan::Gap => {
+            counters.bump(Counter::TcpOutOfOrder);
+            return Err(refuse(config, counters));
+        }
+        SegmentPlan::Charge { messages, next } => (messages, next),
+        SegmentPlan::Walk { offset } => {
+            let walked = walk_messages(ctx, transport.payload, len, offset);
+            finish_walk(&stream, acked, transport.seq, len, walked)
+        }
+    };
+    if messages == 0 {
+        state.stream = next;
+        return Err(xdp_action::XDP_PASS);
+    }
+    counters.bump(Counter::TcpSegmentCharged);
+    counters.add_to(Counter::TcpMessagesCharged, u64::from(messages));
+    Ok(StreamCharge {
+        messages,
+        state: state_ptr,
+        next,
+    })
+}
+
+/// Reads the length prefixes of the messages that start in a segment's payload (at
+/// `payload`, `len` bytes), from `offset` on: a `bpf_loop`, one prefix per step.
+#[inline(always)]
+fn walk_messages(ctx: &XdpContext, payload: usize, len: u32, offset: u32) -> Walked {
+    if offset >= len {
+        return Walked {
+            messages: 0,
+            next_offset: offset,
+            complete: true,
+        };
+    }
+    let walked = walk_messages_from(ctx.ctx, payload as u32 + offset, payload as u32 + len);
+    Walked {
+        messages: (walked >> 32) as u32 & 0xff,
+        next_offset: walked as u32 - payload as u32,
+        complete: walked >> 40 != 0,
+    }
+}
+
+/// The walk itself, from `at` to `end` (frame offsets): a function of its own, so that
+/// its context is on its own stack frame, not on the program's (which the level walk's
+/// callback adds to; together they must stay within 512 bytes). Returns the offset of
+/// the next message in the low 32 bits, the messages read in bits 32-39, and bit 40 if
+/// the walk reached the end.
+#[inline(never)]
+fn walk_messages_from(ctx: *mut xdp_md, at: u32, end: u32) -> u64 {
+    let mut walk = MessageWalk {
+        ctx,
+        at,
+        end,
+        messages: 0,
+        cut: false,
+    };
+    // SAFETY: the callback reads and writes `walk` only, which outlives the call.
+    unsafe {
+        bpf_loop(
+            MAX_SEGMENT_MESSAGES,
+            message_step as *mut c_void,
+            core::ptr::from_mut(&mut walk).cast(),
+            0,
+        )
+    };
+    let complete = !walk.cut && walk.at >= walk.end;
+    u64::from(walk.at) | u64::from(walk.messages & 0xff) << 32 | u64::from(complete) << 40
+}
+
+/// A walk over the messages in a TCP segment: `bpf_loop`'s context, on the caller's stack.
+struct MessageWalk {
+    ctx: *mut xdp_md,
+    /// Where the next length prefix starts, and where the segment's payload ends.
+    at: u32,
+    end: u32,
+    /// The prefixes read so far, from the loop's index: a count the step incremented
+    /// would be a new constant in each iteration, and the verifier would walk them all.
+    messages: u32,
+    /// The segment ends inside a length prefix.
+    cut: bool,
+}
+
+/// Reads the length prefix at `walk.at`: 0 to go on to the next message, 1 to stop.
+extern "C" fn message_step(index: u64, walk: *mut c_void) -> i64 {
+    // SAFETY: `walk` is the `MessageWalk` walk_messages handed to bpf_loop.
+    let walk = unsafe { &mut *walk.cast::<MessageWalk>() };
+    if walk.at >= walk.end {
+        return 1;
+    }
+    let mut prefix = [0u8; 2];
+    // SAFETY: a two-byte read from the frame into a local.
+    if walk.at + 2 > walk.end
+        || unsafe { bpf_xdp_load_bytes(walk.ctx, walk.at, prefix.as_mut_ptr().cast(), 2) } != 0
+    {
+        walk.cut = true;
+        return 1;
+    }
+    walk.messages = index as u32 + 1;
+    walk.at += 2 + u32::from(u16::from_be_bytes(prefix));
+    0
+}
+
+/// The verdict of the source's lists and buckets on `cost` queries (a TCP segment
+/// may carry several) charged to its buckets of kind `bucket` (`BUCKET_*`): allow/deny
+/// lists first (longest prefix wins), then the levels and the budget. With neither
+/// configured, the source address is not even read.
+#[inline(always)]
+fn police_source(
+    ctx: &XdpContext,
+    frame: &Frame,
+    transport: &Transport,
+    config: &Config,
+    counters: &mut Counters,
+    bucket: u8,
+    cost: u64,
+) -> u32 {
     if !config.metered() && !config.has_list(transport.ipv6) {
         return xdp_action::XDP_PASS;
     }
@@ -375,16 +604,18 @@ fn police_query(
     if !config.metered() {
         return xdp_action::XDP_PASS;
     }
+    // Which bucket and how much: constants on some paths, so hidden from the verifier,
+    // which would otherwise verify the level walk once for each.
+    let Some([bucket, cost]) = untracked([u64::from(bucket), cost]) else {
+        return xdp_action::XDP_PASS;
+    };
     let mut walk = LevelWalk {
         config,
         counters,
         source,
         now: unsafe { bpf_ktime_get_ns() },
-        tcp: match (transport.l4, transport.syn) {
-            (L4::Udp, _) => BUCKET_UDP,
-            (L4::Tcp, true) => BUCKET_TCP_CONNECT,
-            (L4::Tcp, false) => BUCKET_TCP_DATA,
-        },
+        tcp: bucket as u8,
+        cost,
         refused: false,
         heavy: false,
     };
@@ -402,7 +633,7 @@ fn police_query(
         )
     };
     if !walk.refused {
-        if !config.budget.is_on() || spend_budget(walk.now, &config.budget, walk.heavy) {
+        if !config.budget.is_on() || spend_budget(walk.now, &config.budget, walk.heavy, cost) {
             counters.bump(Counter::RatePassed);
             return xdp_action::XDP_PASS;
         }
@@ -447,6 +678,8 @@ struct LevelWalk {
     /// Which of the source's buckets (`BUCKET_*`): UDP queries, TCP connection
     /// attempts and TCP data segments each have their own.
     tcp: u8,
+    /// Queries to charge: 1, or the messages of a TCP segment.
+    cost: u64,
     /// A level refused the query (the walk stops there).
     refused: bool,
     /// A level that admitted the query has spent more than half its burst.
@@ -470,7 +703,7 @@ extern "C" fn level_step(index: u64, walk: *mut c_void) -> i64 {
     }
     let mut key = walk.source.key(level, index as u8);
     key.tcp = walk.tcp;
-    match charge(key, walk.now, &level.limit, counters) {
+    match charge(key, walk.now, &level.limit, walk.cost, counters) {
         Charged::Admitted { heavy } => {
             walk.heavy |= heavy;
             0
@@ -498,18 +731,18 @@ enum Charged {
     Refused(&'static mut SourceState),
 }
 
-/// Spends one query of the server budget. Heavy queries (from a source or prefix
+/// Spends `cost` queries of the server budget. Heavy queries (from a source or prefix
 /// that has spent more than half a burst at some level) may use the budget's burst;
 /// light ones also a reserve of one more burst that heavy ones cannot touch.
 #[inline(always)]
-fn spend_budget(now: u64, limit: &Limit, heavy: bool) -> bool {
+fn spend_budget(now: u64, limit: &Limit, heavy: bool, cost: u64) -> bool {
     let Some(tat) = BUDGET.get_ptr_mut(0) else {
         return true;
     };
     for _ in 0..MAX_CAS_ATTEMPTS {
         // SAFETY: `tat` is an aligned u64 in a map value.
         let current = unsafe { core::ptr::read_volatile(tat) };
-        let Some(next) = budget_gcra(current, now, limit, heavy) else {
+        let Some(next) = budget_gcra(current, now, limit, heavy, cost) else {
             return false;
         };
         // SAFETY: as above.
@@ -525,16 +758,22 @@ fn spend_budget(now: u64, limit: &Limit, heavy: bool) -> bool {
     false
 }
 
-/// Charges one query to the bucket of `key`.
+/// Charges `cost` queries to the bucket of `key`. A TCP data bucket may run into debt by
+/// one segment's charge (`gcra_charge`), which is not forgiven.
 #[inline(always)]
-fn charge(key: SourceKey, now: u64, limit: &Limit, counters: &mut Counters) -> Charged {
+fn charge(key: SourceKey, now: u64, limit: &Limit, cost: u64, counters: &mut Counters) -> Charged {
+    let debt = if key.tcp == BUCKET_TCP_DATA {
+        MAX_SEGMENT_COST
+    } else {
+        0
+    };
     let state = match SOURCES.get_ptr_mut(key) {
         Some(state) => state,
         None => {
-            // A new prefix: its first packet always conforms (burst >= 1).
+            // A new prefix: its first packet always conforms (a full bucket admits any charge).
             let fresh = SourceState {
-                tat_ns: now + limit.interval_ns,
-                passed: 1,
+                tat_ns: now + limit.charge_ns(cost),
+                passed: cost,
                 dropped: 0,
                 would_drop: 0,
             };
@@ -561,9 +800,9 @@ fn charge(key: SourceKey, now: u64, limit: &Limit, counters: &mut Counters) -> C
     };
     // SAFETY: `state` points into the map value; every field is updated atomically.
     let state = unsafe { &mut *state };
-    match take(&mut state.tat_ns, now, limit) {
+    match take(&mut state.tat_ns, now, limit, cost, debt) {
         Take::Admitted(tat) => {
-            atomic_add(&mut state.passed, 1);
+            atomic_add(&mut state.passed, cost);
             Charged::Admitted {
                 heavy: is_heavy(tat, now, limit),
             }
@@ -583,16 +822,18 @@ enum Take {
     Contended,
 }
 
-/// One GCRA step on a shared bucket: exact under concurrency, since every admission
-/// moves `tat` forward by one interval with a compare-and-swap.
+/// One GCRA step of `cost` on a shared bucket: exact under concurrency, since every
+/// admission moves `tat` forward by `cost` intervals with a compare-and-swap. `debt`:
+/// charges beyond the burst the bucket may legitimately owe (not forgiven).
 #[inline(always)]
-fn take(tat: *mut u64, now: u64, limit: &Limit) -> Take {
+fn take(tat: *mut u64, now: u64, limit: &Limit, cost: u64, debt: u64) -> Take {
     for _ in 0..MAX_CAS_ATTEMPTS {
+        // SAFETY: `tat` is an aligned u64 in a map value.
         let current = unsafe { core::ptr::read_volatile(tat) };
-        match gcra(current, now, limit) {
+        match gcra_charge(current, now, limit, cost) {
             None => {
-                if current > gcra_ceiling(now, limit) {
-                    forgive_debt(tat, current, limit);
+                if current > debt_ceiling(now, limit, debt) {
+                    forgive_debt(tat, current, limit, debt);
                 }
                 return Take::Refused;
             }
@@ -620,7 +861,10 @@ fn within_slip_caps(source: &Source, now: u64, config: &Config) -> bool {
     if config.slip_prefix_cap.is_on() {
         let slot = slip_prefix_slot(source);
         let within = SLIP_PREFIX_CAPS.get_ptr_mut(slot).is_some_and(|tat| {
-            matches!(take(tat, now, &config.slip_prefix_cap), Take::Admitted(_))
+            matches!(
+                take(tat, now, &config.slip_prefix_cap, 1, 0),
+                Take::Admitted(_)
+            )
         });
         if !within {
             return false;
@@ -631,7 +875,7 @@ fn within_slip_caps(source: &Source, now: u64, config: &Config) -> bool {
     }
     SLIP_CAP
         .get_ptr_mut(0)
-        .is_some_and(|tat| matches!(take(tat, now, &config.slip_cap), Take::Admitted(_)))
+        .is_some_and(|tat| matches!(take(tat, now, &config.slip_cap, 1, 0), Take::Admitted(_)))
 }
 
 /// The `SLIP_PREFIX_CAPS` slot of the destination prefix of a reply to `source`.
@@ -655,9 +899,9 @@ fn slip_prefix_slot(source: &Source) -> u32 {
 /// written under the current limit before that read lies at or below its ceiling, so
 /// only real debt is forgiven.
 #[inline(always)]
-fn forgive_debt(tat: *mut u64, current: u64, limit: &Limit) {
+fn forgive_debt(tat: *mut u64, current: u64, limit: &Limit, debt: u64) {
     // SAFETY: a helper without arguments.
-    let ceiling = gcra_ceiling(unsafe { bpf_ktime_get_ns() }, limit);
+    let ceiling = debt_ceiling(unsafe { bpf_ktime_get_ns() }, limit, debt);
     if current > ceiling {
         // SAFETY: `tat` is an aligned u64 in a map value. A failed swap means another
         // CPU moved `tat` meanwhile: nothing to forgive then.
@@ -667,6 +911,13 @@ fn forgive_debt(tat: *mut u64, current: u64, limit: &Limit) {
             )
         };
     }
+}
+
+/// The latest `tat` a bucket can reach under `limit` at `now` when it may owe `debt`
+/// charges beyond its burst.
+#[inline(always)]
+fn debt_ceiling(now: u64, limit: &Limit, debt: u64) -> u64 {
+    gcra_ceiling(now, limit) + limit.charge_ns(debt)
 }
 
 /// Drop, or pass and count in dry-run.
@@ -711,7 +962,7 @@ fn try_dns_xdp_egress(ctx: &TcContext) -> Result<(), ()> {
     } else {
         EGRESS_PULL_BYTES
     });
-    let frame = Frame::new(ctx.data(), ctx.data_end());
+    let frame = Frame::local(ctx.data(), ctx.data_end());
     let parsed = frame.transport();
     let class = match &parsed {
         Ok(transport) => transport.class(&config.dns_ports),
@@ -728,18 +979,97 @@ fn try_dns_xdp_egress(ctx: &TcContext) -> Result<(), ()> {
         Class::Answer { l4: L4::Tcp, .. } => true,
         _ => false,
     };
-    if let (Ok(transport), true) = (parsed, record)
-        && await_answer(&frame, &transport).is_some()
-    {
-        counters.bump(EgressCounter::AwaitedRecorded);
+    if let (Ok(transport), true) = (parsed, record) {
+        let recorded = if matches!(class, Class::Answer { .. }) {
+            track_server_segment(&frame, &transport)
+        } else {
+            await_answer(&frame, &transport)
+        };
+        if recorded.is_some() {
+            counters.bump(EgressCounter::AwaitedRecorded);
+        }
     }
     Ok(())
 }
 
-/// Records a query (UDP) or a TCP segment leaving, so that XDP admits what comes back:
-/// the key the answer (or the peer's next segment) will carry, with how long to await
-/// it. The remote end is the destination either way: an upstream server, or a client of
-/// this server's.
+/// The destination address of the packet `transport` describes, in a 16-byte key field.
+#[inline(always)]
+fn destination_address(frame: &Frame, transport: &Transport) -> Option<[u8; 16]> {
+    let mut address = [0u8; 16];
+    if transport.ipv6 {
+        address = frame.ipv6_destination(transport.l3).ok()?;
+    } else {
+        address[..4].copy_from_slice(&frame.ipv4_destination(transport.l3).ok()?);
+    }
+    Some(address)
+}
+
+/// Records a segment the server sends on a connection a client opened: its SYN-ACK
+/// creates the record (the client's stream starts at the number it acknowledges), later
+/// ones move what the client may acknowledge and how far the server acknowledged the
+/// client; a reset ends it.
+#[inline(always)]
+fn track_server_segment(frame: &Frame, transport: &Transport) -> Option<()> {
+    let key = AwaitedKey::new(
+        destination_address(frame, transport)?,
+        transport.dst_port,
+        transport.src_port,
+        0,
+        transport.ipv6,
+        true,
+    );
+    let flags = transport.tcp_flags;
+    if flags & TCP_RST != 0 {
+        let _ = AWAITED.remove(key);
+        return None;
+    }
+    // SAFETY: a helper without arguments.
+    let expires_ns = unsafe { bpf_ktime_get_ns() } + AWAITED_TCP_IDLE_NS;
+    let (seq, ack) = (transport.seq, transport.ack_seq);
+    // SYN and FIN each take a sequence number.
+    let sent_end = seq
+        .wrapping_add(transport.payload_len as u32)
+        .wrapping_add(u32::from(flags & TCP_SYN != 0) + u32::from(flags & TCP_FIN != 0));
+    let existing = AWAITED.get_ptr_mut(key);
+    // SAFETY: a map value, read once.
+    let resent_syn_ack =
+        existing.is_some_and(|state| unsafe { (*state).server_first } == seq.wrapping_add(1));
+    match existing {
+        // A SYN-ACK sent again keeps the stream: what the client sent meanwhile may
+        // have reached the stack.
+        Some(state) if flags & TCP_SYN == 0 || resent_syn_ack => {
+            // SAFETY: a map value; `dns_xdp` reads these fields whole.
+            let state = unsafe { &mut *state };
+            state.expires_ns = expires_ns;
+            state.server_next = seq_latest(state.server_next, sent_end);
+            if flags & TCP_ACK != 0 {
+                state.client_acked = seq_latest(state.client_acked, ack);
+            }
+            Some(())
+        }
+        _ => {
+            // A new connection; or one older than its record (evicted, or opened before
+            // dns-xdp), whose message boundaries are unknown.
+            let syn_ack = flags & TCP_SYN != 0;
+            let state = AwaitedState {
+                expires_ns,
+                server_first: if syn_ack { seq.wrapping_add(1) } else { seq },
+                server_next: sent_end,
+                client_acked: ack,
+                stream: TcpStream {
+                    end: ack,
+                    next_message: ack,
+                    flags: if syn_ack { 0 } else { STREAM_DESYNCED },
+                },
+            };
+            AWAITED.insert(key, state, 0).ok()
+        }
+    }
+}
+
+/// Records an upstream query (UDP) or a segment of an upstream TCP connection leaving,
+/// so that XDP admits what comes back: the key the answer will carry, with how long to
+/// await it.
 #[inline(always)]
 fn await_answer(frame: &Frame, transport: &Transport) -> Option<()> {
     let tcp = transport.l4 == L4::Tcp;
@@ -748,14 +1078,8 @@ fn await_answer(frame: &Frame, transport: &Transport) -> Option<()> {
     } else {
         frame.dns_id(transport.payload, transport.payload_len)?
     };
-    let mut remote = [0u8; 16];
-    if transport.ipv6 {
-        remote = frame.ipv6_destination(transport.l3).ok()?;
-    } else {
-        remote[..4].copy_from_slice(&frame.ipv4_destination(transport.l3).ok()?);
-    }
     let key = AwaitedKey::new(
-        remote,
+        destination_address(frame, transport)?,
         transport.dst_port,
         transport.src_port,
         id,
@@ -771,6 +1095,7 @@ fn await_answer(frame: &Frame, transport: &Transport) -> Option<()> {
             } else {
                 AWAITED_UDP_NS
             },
+        ..AwaitedState::default()
     };
     AWAITED.insert(key, state, 0).ok()
 }

@@ -32,7 +32,13 @@ const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_AH: u8 = 51;
 const IPPROTO_DSTOPTS: u8 = 60;
 
-/// VLAN tags read (802.1Q, or QinQ); a frame with more is not parsed further.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// VLAN tags read (802.1Q, or QinQ); a frame with more is malformed (dropped): the
+/// parser cannot tell whether it is DNS.
 pub const MAX_VLAN_TAGS: usize = 2;
 /// IPv6 extension headers walked, hop-by-hop included; a longer chain is malformed.
 pub const MAX_IPV6_EXT_HEADERS: usize = 8;
@@ -52,6 +58,10 @@ pub struct Transport {
     pub payload_len: usize,
     /// A TCP connection attempt: SYN without ACK.
     pub syn: bool,
+    /// The TCP flags byte (`TCP_*`), sequence and acknowledgement numbers; 0 for UDP.
+    pub tcp_flags: u8,
+    pub seq: u32,
+    pub ack_seq: u32,
     pub src_port: u16,
     pub dst_port: u16,
     /// The first fragment of a datagram (offset 0, more fragments).
@@ -82,9 +92,12 @@ impl Transport {
                 | u32::from(self.l4 == L4::Tcp) << 1
                 | u32::from(self.syn) << 2
                 | u32::from(self.first_fragment) << 3
-                | u32::from(self.later_fragment) << 4,
+                | u32::from(self.later_fragment) << 4
+                | u32::from(self.tcp_flags) << 8,
             ports: u32::from(self.src_port) << 16 | u32::from(self.dst_port),
             fragment_id: self.fragment_id,
+            seq: self.seq,
+            ack_seq: self.ack_seq,
         }
     }
 
@@ -102,6 +115,9 @@ impl Transport {
             payload: stored.payload as usize,
             payload_len: stored.payload_len as usize,
             syn: stored.bits & 4 != 0,
+            tcp_flags: (stored.bits >> 8) as u8,
+            seq: stored.seq,
+            ack_seq: stored.ack_seq,
             src_port: (stored.ports >> 16) as u16,
             dst_port: stored.ports as u16,
             first_fragment: stored.bits & 8 != 0,
@@ -112,7 +128,8 @@ impl Transport {
 }
 
 /// A `Transport` as plain integers (bits: 0 IPv6, 1 TCP, 2 SYN, 3 first fragment, 4 later
-/// fragment; ports: the source in the high half), as the `PARSED` map holds it.
+/// fragment, 8-15 the TCP flags; ports: the source in the high half), as the `PARSED`
+/// map holds it.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct StoredTransport {
@@ -122,14 +139,23 @@ pub struct StoredTransport {
     bits: u32,
     ports: u32,
     fragment_id: u32,
+    seq: u32,
+    ack_seq: u32,
 }
 
-/// A frame in memory: `[start, end)`.
+/// A frame in memory: `[start, end)` readable.
 #[derive(Clone, Copy)]
 pub struct Frame {
     start: usize,
     end: usize,
+    /// Built by this host's stack (egress): its IP lengths are trusted, and may cover
+    /// bytes beyond `end` (a socket buffer's payload sits in pages the parser never reads).
+    local: bool,
 }
+
+/// What a frame's IP lengths may reach when the local stack built it: any IP datagram
+/// behind the largest link headers.
+const MAX_LOCAL_FRAME_LEN: usize = 0x1_0000 + 64;
 
 /// The IP payload: where it starts, where it ends (by the IP length fields), and what it is.
 struct IpPayload {
@@ -153,7 +179,21 @@ fn be16(bytes: [u8; 2]) -> u16 {
 impl Frame {
     #[inline(always)]
     pub fn new(start: usize, end: usize) -> Self {
-        Self { start, end }
+        Self {
+            start,
+            end,
+            local: false,
+        }
+    }
+
+    /// A frame this host's stack sends: see `local`.
+    #[inline(always)]
+    pub fn local(start: usize, end: usize) -> Self {
+        Self {
+            start,
+            end,
+            local: true,
+        }
     }
 
     /// The one bounds check: a `T` at `offset` lies wholly inside the frame.
@@ -169,9 +209,14 @@ impl Frame {
         Ok(at as *const T)
     }
 
+    /// How long the frame is, as far as its IP lengths are checked.
     #[inline(always)]
     fn len(&self) -> usize {
-        self.end - self.start
+        if self.local {
+            MAX_LOCAL_FRAME_LEN
+        } else {
+            self.end - self.start
+        }
     }
 
     /// The source address of the IPv4 header at `l3`.
@@ -244,6 +289,9 @@ impl Frame {
                 payload: ip.offset,
                 payload_len: ip.end - ip.offset,
                 syn: false,
+                tcp_flags: 0,
+                seq: 0,
+                ack_seq: 0,
                 src_port: 0,
                 dst_port: 0,
                 first_fragment: false,
@@ -271,6 +319,9 @@ impl Frame {
             let vlan: *const VlanHdr = self.ptr_at(offset)?;
             ether_type = u16::from_be(unsafe { (*vlan).ether_type });
             offset += VlanHdr::LEN;
+        }
+        if matches!(ether_type, ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ_LEGACY) {
+            return Err(Class::Malformed);
         }
         Ok((ether_type, offset))
     }
@@ -318,7 +369,7 @@ impl Frame {
         let available = self.len() - l3 - Ipv6Hdr::LEN;
         // A zero payload length with bytes behind it is a jumbogram: the frame bounds it.
         let end = if payload_len == 0 && available > 0 {
-            self.end - self.start
+            self.len()
         } else if payload_len <= available {
             l3 + Ipv6Hdr::LEN + payload_len
         } else {
@@ -422,6 +473,9 @@ impl Frame {
             payload,
             payload_len,
             syn: false,
+            tcp_flags: 0,
+            seq: 0,
+            ack_seq: 0,
             src_port: be16(udp.src),
             dst_port: be16(udp.dst),
             first_fragment: ip.first_fragment,
@@ -438,6 +492,9 @@ impl Frame {
         if header_len < TcpHdr::LEN || ip.offset + header_len > ip.end {
             return Err(Class::Malformed);
         }
+        // SAFETY: byte 13 (the flags, after ports, numbers and data offset) of the
+        // 20-byte header `ptr_at` checked.
+        let flags = unsafe { *core::ptr::from_ref(tcp).cast::<u8>().add(13) };
         Ok(Transport {
             l4: L4::Tcp,
             ipv6: ip.ipv6,
@@ -445,6 +502,9 @@ impl Frame {
             payload: ip.offset + header_len,
             payload_len: ip.end - ip.offset - header_len,
             syn: tcp.syn() != 0 && tcp.ack() == 0,
+            tcp_flags: flags,
+            seq: u32::from_be_bytes(tcp.seq),
+            ack_seq: u32::from_be_bytes(tcp.ack_seq),
             src_port: be16(tcp.source),
             dst_port: be16(tcp.dest),
             first_fragment: ip.first_fragment,

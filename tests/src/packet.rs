@@ -205,6 +205,20 @@ fn ipv4_header(
     ip
 }
 
+/// Swaps source and destination (addresses, then ports) of an IPv4 frame without
+/// options or VLAN tags: the frame going the other way.
+pub fn reversed(mut frame: Vec<u8>) -> Vec<u8> {
+    const IP: usize = 14;
+    for index in 0..4 {
+        frame.swap(IP + 12 + index, IP + 16 + index);
+    }
+    let l4 = IP + 20;
+    for index in 0..2 {
+        frame.swap(l4 + index, l4 + 2 + index);
+    }
+    frame
+}
+
 /// RFC 1071 checksum.
 pub fn internet_checksum(bytes: &[u8]) -> u16 {
     let mut sum: u32 = bytes

@@ -3,7 +3,7 @@
 //! etherparse does the parsing; this file only maps its result onto dns-xdp's classes,
 //! applying the few documented places where dns-xdp's rules differ from etherparse's
 //! (docs/ARCHITECTURE.md, "Parser"):
-//! - dns-xdp reads two VLAN tags (etherparse three) and no MACsec: more is non-DNS;
+//! - dns-xdp reads two VLAN tags (etherparse three): more is malformed; MACsec is non-DNS;
 //! - dns-xdp walks at most 8 IPv6 extension headers: a longer chain is malformed;
 //! - a first fragment is classified by its transport header (etherparse stops at
 //!   fragmented payloads), without checking the UDP length against the fragment;
@@ -19,8 +19,6 @@ use etherparse::{
 
 const MAX_VLAN_TAGS: usize = 2;
 const MAX_IPV6_EXT_HEADERS: usize = 8;
-const ETH_HEADER_LEN: usize = 14;
-const VLAN_TAG_LEN: usize = 4;
 
 pub fn classify(frame: &[u8], ports: &PortSet) -> Class {
     // The link layer, read leniently so that it is known even when a later layer is broken.
@@ -34,7 +32,10 @@ pub fn classify(frame: &[u8], ports: &PortSet) -> Class {
             .link_exts
             .iter()
             .any(|ext| matches!(ext, LaxLinkExtSlice::Macsec(_)));
-        if macsec || vlan_tags > MAX_VLAN_TAGS {
+        if vlan_tags > MAX_VLAN_TAGS {
+            return Class::Malformed;
+        }
+        if macsec {
             return Class::NonDns;
         }
     }
@@ -102,12 +103,6 @@ fn classify_error(error: &SliceError) -> Class {
             | Layer::Arp
             | Layer::MacsecHeader
             | Layer::MacsecPacket => Class::NonDns,
-            // A tag beyond the ones dns-xdp reads is never parsed by it.
-            Layer::VlanHeader
-                if len.layer_start_offset >= ETH_HEADER_LEN + MAX_VLAN_TAGS * VLAN_TAG_LEN =>
-            {
-                Class::NonDns
-            }
             _ => Class::Malformed,
         },
         SliceError::Macsec(_) => Class::NonDns,

@@ -1,15 +1,13 @@
 //! Answer admission through BPF_PROG_TEST_RUN: an answer (a packet from a DNS port)
 //! passes only if the egress program saw this host send the query it answers (UDP:
 //! addresses, ports and DNS ID) or a segment of its TCP connection; the later fragments
-//! of an admitted answer pass with it. Everything else from a DNS port is dropped. And
-//! the server's side of TCP: a segment to a DNS port other than a SYN passes only on a
-//! connection whose SYN-ACK the server sent, and one with data is charged as a query.
-//! Needs root.
+//! of an admitted answer pass with it. Everything else from a DNS port is dropped.
+//! (The server's side of TCP is in `tcp_stream.rs`.) Needs root.
 
 use dns_xdp::Settings;
 use dns_xdp_common::{Counter, EgressCounter};
 use dns_xdp_tests::{
-    packet::{Layer, build, dns_query},
+    packet::{Layer, build, dns_query, reversed},
     testrun::{Harness, XDP_DROP, XDP_PASS},
 };
 
@@ -17,19 +15,6 @@ const IP: usize = 14;
 /// An upstream server (the remote end) and this host's port towards it.
 const UPSTREAM_PORT: u16 = 53;
 const LOCAL_PORT: u16 = 40_000;
-
-/// Swaps source and destination (addresses, then ports) of an IPv4 frame without options:
-/// the frame coming back.
-fn reversed(mut frame: Vec<u8>) -> Vec<u8> {
-    for index in 0..4 {
-        frame.swap(IP + 12 + index, IP + 16 + index);
-    }
-    let l4 = IP + 20;
-    for index in 0..2 {
-        frame.swap(l4 + index, l4 + 2 + index);
-    }
-    frame
-}
 
 /// This host's query with `id` leaving for the upstream server (as egress sees it).
 fn query_out(id: u16) -> Vec<u8> {
@@ -249,82 +234,4 @@ fn in_dry_run_an_unsolicited_answer_passes_and_is_counted() {
             Counter::AnswerUnsolicited
         ]
     );
-}
-
-/// A TCP segment from a client (port 40000) to the server's port 53 with `flags` and
-/// `payload`.
-fn segment_in(flags: u8, payload: &[u8]) -> Vec<u8> {
-    let mut layers = vec![Layer::Eth, Layer::ipv4(), Layer::tcp(53)];
-    if !payload.is_empty() {
-        layers.push(Layer::Payload(payload.to_vec()));
-    }
-    let mut frame = build(&layers);
-    frame[IP + 20 + 13] = flags;
-    frame
-}
-
-#[test]
-fn tcp_segments_to_the_server_need_a_connection_it_accepted_and_data_is_charged() {
-    const ACK: u8 = 0x10;
-    const PSH_ACK: u8 = 0x18;
-    const SYN: u8 = 0x02;
-    // Three queries an hour, in each of the source's TCP buckets: connection attempts,
-    // and segments with data.
-    let settings = Settings {
-        rate: Some("1/hour".parse().unwrap()),
-        burst: 3,
-        levels: dns_xdp::settings::Levels::None,
-        ..Settings::default()
-    };
-    let mut harness = Harness::with(&settings).unwrap();
-    let mut query = 29u16.to_be_bytes().to_vec();
-    query.extend(dns_query(5, "example.com"));
-    // Segments of no connection (an ACK scan, a spoofed data segment): dropped, and so
-    // no RST goes back to whoever the source claims to be.
-    for flags in [ACK, PSH_ACK] {
-        assert_eq!(
-            verdict(&mut harness, &segment_in(flags, &query)),
-            (XDP_DROP, vec![Counter::QueryTcp4, Counter::TcpUnsolicited])
-        );
-    }
-    assert_eq!(
-        verdict(&mut harness, &segment_in(SYN, &[])),
-        (
-            XDP_PASS,
-            vec![
-                Counter::QueryTcp4,
-                Counter::RatePassed,
-                Counter::SourcesCreated
-            ]
-        )
-    );
-    // The server's SYN-ACK leaves: the connection is accepted.
-    let mut syn_ack_out = reversed(segment_in(0x12, &[]));
-    syn_ack_out[IP + 20 + 13] = 0x12;
-    assert_eq!(
-        harness
-            .run_egress(&syn_ack_out)
-            .unwrap()
-            .get(EgressCounter::AwaitedRecorded),
-        1
-    );
-    assert_eq!(
-        verdict(&mut harness, &segment_in(ACK, &[])),
-        (XDP_PASS, vec![Counter::QueryTcp4])
-    );
-    for index in 0..3 {
-        let (passed, bumped) = verdict(&mut harness, &segment_in(PSH_ACK, &query));
-        assert_eq!(passed, XDP_PASS, "data segment {index}");
-        for counter in [Counter::RatePassed, Counter::TcpSegmentCharged] {
-            assert!(
-                bumped.contains(&counter),
-                "data segment {index}: {bumped:?}"
-            );
-        }
-    }
-    // The fourth query of the hour, pipelined on the same connection: refused (the
-    // connection attempt spent the other bucket).
-    let (refused, bumped) = verdict(&mut harness, &segment_in(PSH_ACK, &query));
-    assert_eq!(refused, XDP_DROP);
-    assert!(bumped.contains(&Counter::RateLimited), "{bumped:?}");
 }

@@ -54,15 +54,23 @@ fn truncated(mut frame: Vec<u8>, len: usize) -> Vec<u8> {
     frame
 }
 
+/// A DNS message after the transport `layers` end with, unless that is TCP: a TCP
+/// segment here is a connection attempt, which carries no data.
+fn with_query(mut layers: Vec<Layer>) -> Vec<u8> {
+    if !matches!(layers.last(), Some(Layer::Tcp { .. })) {
+        layers.push(query());
+    }
+    build(&layers)
+}
+
 fn v4(l4: Layer) -> Vec<u8> {
-    build(&[Layer::Eth, Layer::ipv4(), l4, query()])
+    with_query(vec![Layer::Eth, Layer::ipv4(), l4])
 }
 
 fn v6(layers: &[Layer]) -> Vec<u8> {
     let mut all = vec![Layer::Eth, Layer::Ipv6];
     all.extend_from_slice(layers);
-    all.push(query());
-    build(&all)
+    with_query(all)
 }
 
 fn ext(protocol: u8) -> Layer {
@@ -156,7 +164,17 @@ fn fixtures() -> Vec<Fixture> {
         fixture("IPv4 ICMP", v4(Layer::OtherL4(1)), Class::NonDns),
         fixture(
             "TCP with 12 bytes of options (data offset 8)",
-            patched(v4(Layer::tcp(53)), L4_AFTER_V4 + 12, &[8 << 4]),
+            patched(
+                build(&[
+                    Layer::Eth,
+                    Layer::ipv4(),
+                    Layer::tcp(53),
+                    // Twelve no-operation options.
+                    Layer::Payload(vec![1; 12]),
+                ]),
+                L4_AFTER_V4 + 12,
+                &[8 << 4],
+            ),
             TCP4,
         ),
         // IPv6
@@ -248,12 +266,11 @@ fn fixtures() -> Vec<Fixture> {
                 Layer::Vlan(ETH_P_8021Q),
                 Layer::Ipv6,
                 Layer::tcp(53),
-                query(),
             ]),
             TCP6,
         ),
         fixture(
-            "three VLAN tags are not read",
+            "three VLAN tags: more than the parser reads, dropped",
             build(&[
                 Layer::Eth,
                 Layer::Vlan(ETH_P_8021AD),
@@ -263,7 +280,7 @@ fn fixtures() -> Vec<Fixture> {
                 Layer::udp(53),
                 query(),
             ]),
-            Class::NonDns,
+            Class::Malformed,
         ),
         fixture(
             "ARP",

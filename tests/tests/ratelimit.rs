@@ -596,6 +596,8 @@ fn over_tcp_connection_attempts_are_charged_and_other_segments_need_a_connection
     let syn = build(&[Layer::Eth, Layer::ipv4(), Layer::tcp(53)]);
     let mut ack = syn.clone();
     ack[IP + 20 + 13] = 0x10; // ACK
+    // Acknowledging the SYN-ACK below (sequence number 1): its number + 1.
+    ack[IP + 20 + 8..IP + 20 + 12].copy_from_slice(&2u32.to_be_bytes());
     let mut syn_ack = syn.clone();
     syn_ack[IP + 20 + 13] = 0x12;
     assert_eq!(admitted(&mut harness, &syn, 3), 1, "one SYN per bucket");

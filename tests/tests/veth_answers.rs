@@ -16,6 +16,7 @@ use dns_xdp_tests::{
     loader::Loader,
     netns::{CLIENT_V4, LINK, Netns, Pair, SERVER_V4},
     packet::dns_query,
+    raw_tcp::{ACK, RST, RawTcp, Seen, sockaddr},
 };
 
 /// A stateful host that serves DNS and backends without conntrack for DNS: policy drop,
@@ -125,17 +126,6 @@ fn socket2_bound_tcp(local: (&str, u16)) -> i32 {
             std::io::Error::last_os_error()
         );
         fd
-    }
-}
-
-fn sockaddr(ip: std::net::Ipv4Addr, port: u16) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(ip.octets()),
-        },
-        sin_zero: [0; 8],
     }
 }
 
@@ -382,75 +372,23 @@ fn this_hosts_own_lookups_are_answered_and_spoofed_answers_are_not() {
     assert_eq!(counter(&report, "fragment_admitted"), 2 * LOOKUPS as u64);
 }
 
-/// A TCP segment's checksum over the IPv4 pseudo-header.
-fn tcp_checksum(source: [u8; 4], destination: [u8; 4], segment: &[u8]) -> u16 {
-    let mut bytes = Vec::with_capacity(12 + segment.len());
-    bytes.extend(source);
-    bytes.extend(destination);
-    bytes.extend([0, 6]);
-    bytes.extend((segment.len() as u16).to_be_bytes());
-    bytes.extend(segment);
-    dns_xdp_tests::packet::internet_checksum(&bytes)
-}
-
 /// Sends `count` bare ACKs from random client ports to the server's port 53, from the
 /// client namespace (a raw socket: no connection behind them), and counts the RSTs from
 /// port 53 that come back.
 fn resets_for_bare_acks(pair: &Pair, count: usize) -> usize {
     pair.client
         .run(move || {
-            let source: std::net::Ipv4Addr = CLIENT_V4.parse().unwrap();
-            let destination: std::net::Ipv4Addr = SERVER_V4.parse().unwrap();
-            // SAFETY: raw sockets this closure owns and closes; buffers it owns.
-            unsafe {
-                let send = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP);
-                let receive = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP);
-                assert!(send >= 0 && receive >= 0, "raw sockets need root");
-                let target = sockaddr(destination, 0);
-                for index in 0..count {
-                    let port = 20_000 + (index % 40_000) as u16;
-                    let mut segment = Vec::new();
-                    segment.extend(port.to_be_bytes());
-                    segment.extend(53u16.to_be_bytes());
-                    segment.extend((index as u32).to_be_bytes()); // sequence
-                    segment.extend(0x1234_5678u32.to_be_bytes()); // acknowledgement
-                    segment.extend([5 << 4, 0x10, 0xff, 0xff, 0, 0, 0, 0]);
-                    let checksum = tcp_checksum(source.octets(), destination.octets(), &segment);
-                    segment[16..18].copy_from_slice(&checksum.to_be_bytes());
-                    libc::sendto(
-                        send,
-                        segment.as_ptr().cast(),
-                        segment.len(),
-                        0,
-                        (&raw const target).cast(),
-                        size_of::<libc::sockaddr_in>() as u32,
-                    );
-                    if index % 1000 == 999 {
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
+            let raw = RawTcp::open(CLIENT_V4.parse().unwrap(), SERVER_V4.parse().unwrap());
+            for index in 0..count {
+                let port = 20_000 + (index % 40_000) as u16;
+                raw.send((port, 53), index as u32, 0x1234_5678, ACK, &[]);
+                if index % 1000 == 999 {
+                    std::thread::sleep(Duration::from_millis(1));
                 }
-                // Collect what came back for a while.
-                let flags = libc::fcntl(receive, libc::F_GETFL);
-                libc::fcntl(receive, libc::F_SETFL, flags | libc::O_NONBLOCK);
-                let mut resets = 0;
-                let mut buf = [0u8; 256];
-                let started = Instant::now();
-                while started.elapsed() < Duration::from_millis(500) {
-                    let len = libc::recv(receive, buf.as_mut_ptr().cast(), buf.len(), 0);
-                    if len < 40 {
-                        std::thread::sleep(Duration::from_millis(5));
-                        continue;
-                    }
-                    let tcp = usize::from(buf[0] & 0x0f) * 4;
-                    let from_53 = buf[tcp..tcp + 2] == 53u16.to_be_bytes();
-                    if from_53 && buf[tcp + 13] & 0x04 != 0 {
-                        resets += 1;
-                    }
-                }
-                libc::close(send);
-                libc::close(receive);
-                resets
             }
+            let from_53_reset = |seen: &Seen| seen.source_port == 53 && seen.flags & RST != 0;
+            raw.receive(Duration::from_millis(500), from_53_reset, usize::MAX)
+                .len()
         })
         .unwrap()
 }
