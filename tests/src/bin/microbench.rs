@@ -10,8 +10,9 @@ use dns_xdp::{
     programs::{VERIFIER_BUDGET, VERIFIER_LIMIT, XDP_PASS_PROGRAM, XDP_PROGRAM},
     settings::{Levels, parse_cidr},
 };
+use dns_xdp_common::Counter;
 use dns_xdp_tests::{
-    packet::{DSTOPTS, HOPOPTS, Layer, build, dns_query},
+    packet::{DSTOPTS, HOPOPTS, Layer, build, dns_query, reversed},
     testrun::Harness,
 };
 
@@ -56,6 +57,58 @@ fn upstream_segment() -> Vec<u8> {
     ]);
     frame[14 + 20 + 13] = 0x10; // ACK
     frame
+}
+
+/// A client's TCP segment (port 40000) to the server's port 53.
+fn client_segment(flags: u8, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
+    let mut layers = vec![Layer::Eth, Layer::ipv4(), Layer::tcp(53)];
+    if !payload.is_empty() {
+        layers.push(Layer::Payload(payload.to_vec()));
+    }
+    let mut frame = build(&layers);
+    frame[14 + 20 + 4..14 + 20 + 8].copy_from_slice(&seq.to_be_bytes());
+    frame[14 + 20 + 8..14 + 20 + 12].copy_from_slice(&ack.to_be_bytes());
+    frame[14 + 20 + 13] = flags;
+    frame
+}
+
+/// `count` queries behind their 2-byte lengths, as a TCP client pipelines them.
+fn framed_queries(count: u16) -> Vec<u8> {
+    let mut stream = Vec::new();
+    for id in 0..count {
+        let query = dns_query(id, "example.com");
+        stream.extend((query.len() as u16).to_be_bytes());
+        stream.extend(query);
+    }
+    stream
+}
+
+/// The client's and the server's initial sequence numbers of the benchmark's connection.
+const CLIENT_ISN: u32 = 1_000;
+const SERVER_ISN: u32 = 5_000;
+
+/// Opens the benchmark's connection in `harness` (the server's SYN-ACK leaves), spends
+/// the client's TCP data bucket with one query the server acknowledges, and returns the
+/// client's next segment: three pipelined queries in order, walked and refused on every
+/// run (a refused segment does not move the stream).
+fn refused_pipelined_segment(harness: &mut Harness) -> anyhow::Result<Vec<u8>> {
+    let client = CLIENT_ISN + 1;
+    let server = SERVER_ISN + 1;
+    harness.run_egress(&reversed(client_segment(0x12, SERVER_ISN, client, &[])))?;
+    let first = framed_queries(1);
+    harness.run(&client_segment(0x18, client, server, &first))?;
+    let next = client + first.len() as u32;
+    harness.run_egress(&reversed(client_segment(0x10, server, next, &[])))?;
+    let segment = client_segment(0x18, next, server, &framed_queries(3));
+    // The path measured is the one named: walked (three charged), refused.
+    let outcome = harness.run(&segment)?;
+    anyhow::ensure!(
+        outcome.verdict == dns_xdp_tests::testrun::XDP_DROP
+            && outcome.delta.get(Counter::TcpMessagesCharged) == 3,
+        "the pipelined segment took another path: {:?}",
+        outcome.bumped()
+    );
+    Ok(segment)
 }
 
 /// Swaps the IPv4 addresses and the ports of a frame without IP options.
@@ -115,9 +168,19 @@ fn main() -> anyhow::Result<()> {
             frame: udp4([198, 18, 0, 2]),
         },
         Path {
-            name: "DNS query, IPv4 TCP, parse only",
+            name: "TCP connection attempt (SYN), parse only",
             harness: 0,
-            frame: build(&[Layer::Eth, Layer::ipv4(), Layer::tcp(53), query()]),
+            frame: build(&[Layer::Eth, Layer::ipv4(), Layer::tcp(53)]),
+        },
+        Path {
+            name: "TCP segment acknowledging nothing the server sent (drop)",
+            harness: 2,
+            frame: client_segment(0x10, CLIENT_ISN + 1, SERVER_ISN + 1000, &[]),
+        },
+        Path {
+            name: "TCP segment, 3 pipelined queries walked, bucket refuses",
+            harness: 2,
+            frame: refused_pipelined_segment(&mut harnesses[2])?,
         },
         Path {
             name: "DNS query, IPv6 UDP after 2 extension headers, parse only",
