@@ -1,6 +1,6 @@
 //! Cursor-style packet parser, shared by every program that looks at frames.
 //!
-//! Each layer reads its header through one bounds-checked `ptr_at`, checks the header
+//! Each layer reads its header through one bounds-checked `header`, checks the header
 //! against the bytes the frame really has, and hands the offset of the next header on.
 //! Anything inconsistent ends the walk with `Class::Malformed`; a layer we do not read
 //! further ends it with `Class::NonDns`. The rules are written down in
@@ -26,7 +26,7 @@ const ETH_P_QINQ_LEGACY: u16 = 0x9100;
 
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
+pub(crate) const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_AH: u8 = 51;
@@ -196,9 +196,11 @@ impl Frame {
         }
     }
 
-    /// The one bounds check: a `T` at `offset` lies wholly inside the frame.
+    /// The one bounds check and the parser's only `unsafe`: the `T` at `offset`, if it
+    /// lies wholly inside the frame. `T` is a header of plain bytes (network-types', or
+    /// a byte array), valid for any bit pattern.
     #[inline(always)]
-    pub fn ptr_at<T>(&self, offset: usize) -> Result<*const T, Class> {
+    pub fn header<T>(&self, offset: usize) -> Result<&'static T, Class> {
         if offset > MAX_HEADER_OFFSET {
             return Err(Class::Malformed);
         }
@@ -206,7 +208,10 @@ impl Frame {
         if at + size_of::<T>() > self.end {
             return Err(Class::Malformed);
         }
-        Ok(at as *const T)
+        // SAFETY: `[at, at + size_of::<T>())` lies inside the frame (checked above),
+        // which the kernel keeps in place and unchanged by anyone else until the program
+        // returns; any bit pattern is a valid `T`.
+        Ok(unsafe { &*(at as *const T) })
     }
 
     /// How long the frame is, as far as its IP lengths are checked.
@@ -222,29 +227,50 @@ impl Frame {
     /// The source address of the IPv4 header at `l3`.
     #[inline(always)]
     pub fn ipv4_source(&self, l3: usize) -> Result<[u8; 4], Class> {
-        let ip: *const Ipv4Hdr = self.ptr_at(l3)?;
-        Ok(unsafe { (*ip).src_addr })
+        Ok(self.header::<Ipv4Hdr>(l3)?.src_addr)
     }
 
     /// The source address of the IPv6 header at `l3`.
     #[inline(always)]
     pub fn ipv6_source(&self, l3: usize) -> Result<[u8; 16], Class> {
-        let ip: *const Ipv6Hdr = self.ptr_at(l3)?;
-        Ok(unsafe { (*ip).src_addr })
+        Ok(self.header::<Ipv6Hdr>(l3)?.src_addr)
     }
 
     /// The destination address of the IPv4 header at `l3`.
     #[inline(always)]
     pub fn ipv4_destination(&self, l3: usize) -> Result<[u8; 4], Class> {
-        let ip: *const Ipv4Hdr = self.ptr_at(l3)?;
-        Ok(unsafe { (*ip).dst_addr })
+        Ok(self.header::<Ipv4Hdr>(l3)?.dst_addr)
     }
 
     /// The destination address of the IPv6 header at `l3`.
     #[inline(always)]
     pub fn ipv6_destination(&self, l3: usize) -> Result<[u8; 16], Class> {
-        let ip: *const Ipv6Hdr = self.ptr_at(l3)?;
-        Ok(unsafe { (*ip).dst_addr })
+        Ok(self.header::<Ipv6Hdr>(l3)?.dst_addr)
+    }
+
+    /// The source address of the packet `transport` describes, in a 16-byte key field
+    /// (IPv4 in the first 4 bytes, the rest zero).
+    #[inline(always)]
+    pub fn source_address(&self, transport: &Transport) -> Option<[u8; 16]> {
+        let mut address = [0u8; 16];
+        if transport.ipv6 {
+            address = self.ipv6_source(transport.l3).ok()?;
+        } else {
+            address[..4].copy_from_slice(&self.ipv4_source(transport.l3).ok()?);
+        }
+        Some(address)
+    }
+
+    /// The destination address of the packet `transport` describes, as `source_address`.
+    #[inline(always)]
+    pub fn destination_address(&self, transport: &Transport) -> Option<[u8; 16]> {
+        let mut address = [0u8; 16];
+        if transport.ipv6 {
+            address = self.ipv6_destination(transport.l3).ok()?;
+        } else {
+            address[..4].copy_from_slice(&self.ipv4_destination(transport.l3).ok()?);
+        }
+        Some(address)
     }
 
     /// The ID of the DNS message at `offset` (its first two bytes), if `len` bytes there
@@ -254,8 +280,7 @@ impl Frame {
         if len < 2 {
             return None;
         }
-        let id: *const [u8; 2] = self.ptr_at(offset).ok()?;
-        Some(be16(unsafe { *id }))
+        Some(be16(*self.header::<[u8; 2]>(offset).ok()?))
     }
 
     /// The third byte (QR, opcode) and the question count of the DNS header at
@@ -265,8 +290,7 @@ impl Frame {
         if len < DNS_HEADER_LEN {
             return None;
         }
-        let header: *const [u8; DNS_HEADER_LEN] = self.ptr_at(offset).ok()?;
-        let header = unsafe { &*header };
+        let header = self.header::<[u8; DNS_HEADER_LEN]>(offset).ok()?;
         Some((header[2], be16([header[4], header[5]])))
     }
 
@@ -309,15 +333,13 @@ impl Frame {
     /// Ethernet and up to `MAX_VLAN_TAGS` tags: the inner EtherType and its offset.
     #[inline(always)]
     fn ethernet(&self) -> Result<(u16, usize), Class> {
-        let eth: *const EthHdr = self.ptr_at(0)?;
-        let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
+        let mut ether_type = u16::from_be(self.header::<EthHdr>(0)?.ether_type);
         let mut offset = EthHdr::LEN;
         for _ in 0..MAX_VLAN_TAGS {
             if !matches!(ether_type, ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ_LEGACY) {
                 return Ok((ether_type, offset));
             }
-            let vlan: *const VlanHdr = self.ptr_at(offset)?;
-            ether_type = u16::from_be(unsafe { (*vlan).ether_type });
+            ether_type = u16::from_be(self.header::<VlanHdr>(offset)?.ether_type);
             offset += VlanHdr::LEN;
         }
         if matches!(ether_type, ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ_LEGACY) {
@@ -328,8 +350,7 @@ impl Frame {
 
     #[inline(always)]
     fn ipv4(&self, l3: usize) -> Result<IpPayload, Class> {
-        let ip: *const Ipv4Hdr = self.ptr_at(l3)?;
-        let ip = unsafe { &*ip };
+        let ip = self.header::<Ipv4Hdr>(l3)?;
         let header_len = usize::from(ip.ihl()); // in bytes already
         let total_len = usize::from(ip.tot_len());
         if ip.version() != 4
@@ -360,8 +381,7 @@ impl Frame {
 
     #[inline(always)]
     fn ipv6(&self, l3: usize) -> Result<IpPayload, Class> {
-        let ip: *const Ipv6Hdr = self.ptr_at(l3)?;
-        let ip = unsafe { &*ip };
+        let ip = self.header::<Ipv6Hdr>(l3)?;
         if ip.version() != 6 {
             return Err(Class::Malformed);
         }
@@ -392,8 +412,7 @@ impl Frame {
                 // RFC 8200 4.1: hop-by-hop options only directly after the IPv6 header.
                 IPPROTO_HOPOPTS if index != 0 => return Err(Class::Malformed),
                 IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
-                    let ext: *const [u8; 2] = self.ptr_at(offset)?;
-                    let [next, len_units] = unsafe { *ext };
+                    let [next, len_units] = *self.header::<[u8; 2]>(offset)?;
                     let len = (usize::from(len_units) + 1) * 8;
                     if offset + len > end {
                         return Err(Class::Malformed);
@@ -401,8 +420,7 @@ impl Frame {
                     (protocol, offset) = (next, offset + len);
                 }
                 IPPROTO_FRAGMENT => {
-                    let frag: *const [u8; 8] = self.ptr_at(offset)?;
-                    let frag = unsafe { *frag };
+                    let frag = *self.header::<[u8; 8]>(offset)?;
                     if offset + 8 > end {
                         return Err(Class::Malformed);
                     }
@@ -435,8 +453,7 @@ impl Frame {
     #[inline(always)]
     fn auth_header(&self, offset: usize, end: usize) -> Result<(u8, usize), Class> {
         const AH_MIN_LEN: usize = 12;
-        let ah: *const [u8; 2] = self.ptr_at(offset)?;
-        let [next, len_units] = unsafe { *ah };
+        let [next, len_units] = *self.header::<[u8; 2]>(offset)?;
         let len = (usize::from(len_units) + 2) * 4;
         if len_units == 0 || len < AH_MIN_LEN || offset + len > end {
             return Err(Class::Malformed);
@@ -446,8 +463,7 @@ impl Frame {
 
     #[inline(always)]
     fn udp(&self, ip: &IpPayload) -> Result<Transport, Class> {
-        let udp: *const UdpHdr = self.ptr_at(ip.offset)?;
-        let udp = unsafe { &*udp };
+        let udp = self.header::<UdpHdr>(ip.offset)?;
         if ip.offset + UdpHdr::LEN > ip.end {
             return Err(Class::Malformed);
         }
@@ -486,15 +502,13 @@ impl Frame {
 
     #[inline(always)]
     fn tcp(&self, ip: &IpPayload) -> Result<Transport, Class> {
-        let tcp: *const TcpHdr = self.ptr_at(ip.offset)?;
-        let tcp = unsafe { &*tcp };
+        let tcp = self.header::<TcpHdr>(ip.offset)?;
         let header_len = usize::from(tcp.doff()) * 4;
         if header_len < TcpHdr::LEN || ip.offset + header_len > ip.end {
             return Err(Class::Malformed);
         }
-        // SAFETY: byte 13 (the flags, after ports, numbers and data offset) of the
-        // 20-byte header `ptr_at` checked.
-        let flags = unsafe { *core::ptr::from_ref(tcp).cast::<u8>().add(13) };
+        // The flags: byte 13, after ports, numbers and data offset.
+        let flags = self.header::<[u8; TcpHdr::LEN]>(ip.offset)?[13];
         Ok(Transport {
             l4: L4::Tcp,
             ipv6: ip.ipv6,

@@ -15,13 +15,14 @@ use aya_ebpf::{
         bpf_csum_diff, bpf_loop, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
         bpf_xdp_store_bytes,
     },
-    macros::map,
-    maps::PerCpuArray,
     programs::XdpContext,
 };
 use dns_xdp_common::{DNS_HEADER_LEN, fold_checksum};
 
-use crate::parse::{Frame, Transport};
+use crate::{
+    maps::SCRATCH,
+    parse::{Frame, IPPROTO_UDP, Transport},
+};
 
 /// Labels walked in a question name: enough for an ip6.arpa name (34); a query with a
 /// longer name is dropped instead of slipped.
@@ -34,14 +35,41 @@ const MAX_REPLY_LEN: usize = DNS_HEADER_LEN + 256 + 4;
 /// zero, protocol and UDP length. Sums the same as either family's pseudo-header.
 const PSEUDO_LEN: usize = 36;
 const UDP_HEADER_LEN: usize = 8;
-const SCRATCH_LEN: usize = PSEUDO_LEN + UDP_HEADER_LEN + MAX_REPLY_LEN + 4;
+/// The checksum scratch's size: pseudo-header, UDP header, the longest reply, padding.
+pub(crate) const SCRATCH_LEN: usize = PSEUDO_LEN + UDP_HEADER_LEN + MAX_REPLY_LEN + 4;
 
-/// Per-CPU scratch for the reply's UDP checksum: pseudo-header, UDP header and message,
-/// zero-padded to a multiple of 4 bytes for `bpf_csum_diff`. Written and read here only.
-#[map]
-static SCRATCH: PerCpuArray<[u8; SCRATCH_LEN]> = PerCpuArray::with_max_entries(1, 0);
-
-const IPPROTO_UDP: u8 = 17;
+/// Field offsets in the headers a reply rewrites.
+const ETH_DESTINATION: usize = 0;
+const ETH_SOURCE: usize = 6;
+const ETH_ADDRESS_LEN: usize = 6;
+const IPV4_HEADER_LEN: usize = 20;
+const IPV4_TOTAL_LEN: usize = 2;
+const IPV4_FLAGS_FRAGMENT: usize = 6;
+const IPV4_TTL: usize = 8;
+const IPV4_PROTOCOL: usize = 9;
+const IPV4_CHECKSUM: usize = 10;
+const IPV4_SOURCE: usize = 12;
+const IPV4_DESTINATION: usize = 16;
+const IPV4_ADDRESS_LEN: usize = 4;
+const IPV6_HEADER_LEN: usize = 40;
+const IPV6_PAYLOAD_LEN: usize = 4;
+const IPV6_NEXT_HEADER: usize = 6;
+const IPV6_HOP_LIMIT: usize = 7;
+const IPV6_SOURCE: usize = 8;
+const IPV6_DESTINATION: usize = 24;
+const IPV6_ADDRESS_LEN: usize = 16;
+const UDP_SOURCE_PORT: usize = 0;
+const UDP_DESTINATION_PORT: usize = 2;
+const UDP_LENGTH: usize = 4;
+const UDP_CHECKSUM: usize = 6;
+/// In the DNS header: the flags (QR, opcode, AA, TC, RD; then RA, Z, AD, CD, RCODE) and
+/// the answer, authority and additional counts.
+const DNS_FLAGS: usize = 2;
+const DNS_RECORD_COUNTS: usize = 6;
+/// IPv4's DF flag (no fragment offset), in the flags-and-offset field.
+const IPV4_DONT_FRAGMENT: [u8; 2] = [0x40, 0];
+/// The reply's TTL / hop limit.
+const REPLY_TTL: u8 = 64;
 
 /// Rewrites the query `transport` describes into its truncated reply and trims the
 /// frame. `None` when the query cannot be answered this way (then it is dropped): a name
@@ -61,42 +89,44 @@ pub fn truncated_reply(ctx: &XdpContext, transport: &Transport) -> Option<()> {
     // Each header is bounds-checked once as a whole and edited at constant offsets:
     // the verifier follows that, not pointers the compiler derives backwards.
     let addresses = if transport.ipv6 {
-        let ip = header::<40>(&frame, l3)?;
-        if ip[6] != IPPROTO_UDP || udp != l3 + 40 {
+        let ip = header::<IPV6_HEADER_LEN>(&frame, l3)?;
+        if ip[IPV6_NEXT_HEADER] != IPPROTO_UDP || udp != l3 + IPV6_HEADER_LEN {
             return None;
         }
-        ip[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
-        ip[7] = 64; // hop limit
-        swap(ip, 8, 24, 16);
-        (l3 + 8, 32)
+        ip[IPV6_PAYLOAD_LEN..IPV6_PAYLOAD_LEN + 2].copy_from_slice(&(udp_len as u16).to_be_bytes());
+        ip[IPV6_HOP_LIMIT] = REPLY_TTL;
+        swap(ip, IPV6_SOURCE, IPV6_DESTINATION, IPV6_ADDRESS_LEN);
+        (l3 + IPV6_SOURCE, 2 * IPV6_ADDRESS_LEN)
     } else {
-        let ip = header::<20>(&frame, l3)?;
+        let ip = header::<IPV4_HEADER_LEN>(&frame, l3)?;
         let header_len = usize::from(ip[0] & 0x0f) * 4;
         // Options or an authentication header would have to be mirrored or re-signed:
         // such a query is dropped, never slipped.
-        if header_len != 20 || ip[9] != IPPROTO_UDP {
+        if header_len != IPV4_HEADER_LEN || ip[IPV4_PROTOCOL] != IPPROTO_UDP {
             return None;
         }
-        ip[2..4].copy_from_slice(&((header_len + udp_len) as u16).to_be_bytes());
-        ip[6..8].copy_from_slice(&[0x40, 0]); // DF, no fragment
-        ip[8] = 64; // TTL
-        ip[10..12].copy_from_slice(&[0, 0]);
-        swap(ip, 12, 16, 4);
+        ip[IPV4_TOTAL_LEN..IPV4_TOTAL_LEN + 2]
+            .copy_from_slice(&((header_len + udp_len) as u16).to_be_bytes());
+        ip[IPV4_FLAGS_FRAGMENT..IPV4_FLAGS_FRAGMENT + 2].copy_from_slice(&IPV4_DONT_FRAGMENT);
+        ip[IPV4_TTL] = REPLY_TTL;
+        ip[IPV4_CHECKSUM..IPV4_CHECKSUM + 2].copy_from_slice(&[0, 0]);
+        swap(ip, IPV4_SOURCE, IPV4_DESTINATION, IPV4_ADDRESS_LEN);
         let checksum = ipv4_header_checksum(ip);
-        ip[10..12].copy_from_slice(&checksum.to_be_bytes());
-        (l3 + 12, 8)
+        ip[IPV4_CHECKSUM..IPV4_CHECKSUM + 2].copy_from_slice(&checksum.to_be_bytes());
+        (l3 + IPV4_SOURCE, 2 * IPV4_ADDRESS_LEN)
     };
-    let eth = header::<12>(&frame, 0)?;
-    swap(eth, 0, 6, 6);
+    let eth = header::<{ 2 * ETH_ADDRESS_LEN }>(&frame, 0)?;
+    swap(eth, ETH_DESTINATION, ETH_SOURCE, ETH_ADDRESS_LEN);
     // The UDP header and the DNS header after it, as one span.
     let l4 = header::<{ UDP_HEADER_LEN + DNS_HEADER_LEN }>(&frame, udp)?;
-    swap(l4, 0, 2, 2);
-    l4[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
-    l4[6..8].copy_from_slice(&[0, 0]);
+    swap(l4, UDP_SOURCE_PORT, UDP_DESTINATION_PORT, 2);
+    l4[UDP_LENGTH..UDP_LENGTH + 2].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    l4[UDP_CHECKSUM..UDP_CHECKSUM + 2].copy_from_slice(&[0, 0]);
     // DNS: QR=1 and TC=1 (RD kept), RA/Z/AD/CD and RCODE cleared, no records.
-    l4[8 + 2] = (l4[8 + 2] & 0x79) | 0x82;
-    l4[8 + 3] = 0;
-    l4[8 + 6..8 + 12].copy_from_slice(&[0; 6]);
+    let dns_header = UDP_HEADER_LEN;
+    l4[dns_header + DNS_FLAGS] = (l4[dns_header + DNS_FLAGS] & 0x79) | 0x82;
+    l4[dns_header + DNS_FLAGS + 1] = 0;
+    l4[dns_header + DNS_RECORD_COUNTS..dns_header + DNS_HEADER_LEN].copy_from_slice(&[0; 6]);
 
     // The frame's length as a number (the verifier forbids arithmetic on its end pointer).
     // SAFETY: a helper call on our own context.
@@ -111,7 +141,7 @@ pub fn truncated_reply(ctx: &XdpContext, transport: &Transport) -> Option<()> {
     let stored = unsafe {
         bpf_xdp_store_bytes(
             ctx.ctx,
-            (udp + 6) as u32,
+            (udp + UDP_CHECKSUM) as u32,
             core::ptr::from_ref(&checksum).cast_mut().cast(),
             2,
         )
@@ -246,8 +276,9 @@ extern "C" fn label_step(_index: u64, walk: *mut c_void) -> i64 {
 /// The `N` bytes at `offset`, bounds-checked, writable (XDP frames are).
 #[inline(always)]
 fn header<const N: usize>(frame: &Frame, offset: usize) -> Option<&'static mut [u8; N]> {
-    let at: *const [u8; N] = frame.ptr_at(offset).ok()?;
-    // SAFETY: in bounds (checked); the frame is the program's to write until it returns.
+    let at: *const [u8; N] = frame.header(offset).ok()?;
+    // SAFETY: in bounds (`Frame::header` checked); an XDP frame is the program's to
+    // write until it returns, and nothing else reads these bytes meanwhile.
     Some(unsafe { &mut *at.cast_mut() })
 }
 
@@ -261,7 +292,7 @@ fn swap<const N: usize>(bytes: &mut [u8; N], a: usize, b: usize, len: usize) {
 
 /// RFC 1071 over an IPv4 header without options (checksum field zeroed by the caller).
 #[inline(always)]
-fn ipv4_header_checksum(header: &[u8; 20]) -> u16 {
+fn ipv4_header_checksum(header: &[u8; IPV4_HEADER_LEN]) -> u16 {
     let mut sum = 0u64;
     for word in header.chunks_exact(2) {
         sum += u64::from(u16::from_be_bytes([word[0], word[1]]));

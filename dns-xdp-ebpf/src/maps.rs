@@ -1,0 +1,112 @@
+//! Every map of the kernel programs, one purpose line each (katran's `balancer_maps.h`),
+//! and the two accessors every packet uses: the live configuration and `untracked`.
+
+use crate::slip::SCRATCH_LEN;
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::{Array, LpmTrie, LruHashMap, PerCpuArray};
+use dns_xdp_common::{
+    AWAITED_TABLE_SIZE, AwaitedKey, AwaitedState, Config, Counters, DEFAULT_TABLE_SIZE,
+    EgressCounters, FRAGMENT_TABLE_SIZE, FragmentKey, ListEntry, MAX_LIST_ENTRIES,
+    SLIP_PREFIX_SLOTS, SourceKey, SourceState,
+};
+
+/// Runtime configuration (DNS ports, limit, prefixes, flags), double-buffered: the loader
+/// writes the slot not in use, then flips CONFIG_SLOT; read once per packet.
+#[map]
+pub(crate) static CONFIG: Array<Config> = Array::with_max_entries(2, 0);
+
+/// Which CONFIG slot is live (0 or 1); flipped by the loader after writing the other.
+#[map]
+pub(crate) static CONFIG_SLOT: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Packet counters by class and decision, one `Counters` per CPU; written here, summed by the loader.
+#[map]
+pub(crate) static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
+
+/// DNS leaving the interface by direction, packets and bytes, one copy per CPU; written by
+/// the egress program, summed by the loader.
+#[map]
+pub(crate) static EGRESS_COUNTERS: PerCpuArray<EgressCounters> =
+    PerCpuArray::with_max_entries(1, 0);
+
+/// Per-source-prefix GCRA buckets and query counters; created and updated here, read by the loader.
+/// Sized by the loader (`--table-size`); when full the least recently used prefix makes room.
+#[map]
+pub(crate) static SOURCES: LruHashMap<SourceKey, SourceState> =
+    LruHashMap::with_max_entries(DEFAULT_TABLE_SIZE, 0);
+
+/// The server budget's GCRA theoretical arrival time, shared by all CPUs; written here only.
+#[map]
+pub(crate) static BUDGET: Array<u64> = Array::with_max_entries(1, 0);
+
+/// IPv4 allow/deny prefixes with hit counters; entries written by the loader, hits counted here.
+#[map]
+pub(crate) static LIST_V4: LpmTrie<[u8; 4], ListEntry> =
+    LpmTrie::with_max_entries(MAX_LIST_ENTRIES, 0);
+
+/// IPv6 allow/deny prefixes with hit counters; entries written by the loader, hits counted here.
+#[map]
+pub(crate) static LIST_V6: LpmTrie<[u8; 16], ListEntry> =
+    LpmTrie::with_max_entries(MAX_LIST_ENTRIES, 0);
+
+/// Answers this host awaits: its outstanding upstream UDP queries (address, ports, DNS
+/// ID) and its upstream TCP connections. Written by the egress program, which sees them
+/// leave; read and retired (UDP, on the answer) by `dns_xdp`. Bounded: when full, the
+/// oldest record makes room (its answer is then dropped, and its resolver retries).
+#[map]
+pub(crate) static AWAITED: LruHashMap<AwaitedKey, AwaitedState> =
+    LruHashMap::with_max_entries(AWAITED_TABLE_SIZE, 0);
+
+/// Datagrams whose first fragment was an admitted answer, so that their later fragments
+/// (which carry no ports) pass too. Written and read by `dns_xdp`.
+#[map]
+pub(crate) static FRAGMENTS: LruHashMap<FragmentKey, u64> =
+    LruHashMap::with_max_entries(FRAGMENT_TABLE_SIZE, 0);
+
+/// Values `dns_xdp` hands from one step to the next through memory, one slot per CPU,
+/// so that the verifier no longer knows them (`untracked`): the parsed transport (its
+/// offsets differ by header layout), a query's charge (bucket and cost). What follows
+/// is then verified once for all their values, not once for each (see
+/// docs/ARCHITECTURE.md, "Verifier budget"). Written and read back by `dns_xdp` only.
+#[map]
+pub(crate) static UNTRACKED: PerCpuArray<[u64; UNTRACKED_WORDS]> =
+    PerCpuArray::with_max_entries(1, 0);
+
+/// The size of an `UNTRACKED` slot, in 8-byte words.
+pub(crate) const UNTRACKED_WORDS: usize = 6;
+
+/// The global slip cap's GCRA theoretical arrival time, shared by all CPUs; written here.
+#[map]
+pub(crate) static SLIP_CAP: Array<u64> = Array::with_max_entries(1, 0);
+
+/// The per-destination-prefix slip caps' GCRA theoretical arrival times, one slot per
+/// hash of the prefix (`slip_prefix_slot`): an array, so a flood of new destinations
+/// costs no insert. Prefixes that share a slot share a cap: slips only get rarer.
+#[map]
+pub(crate) static SLIP_PREFIX_CAPS: Array<u64> = Array::with_max_entries(SLIP_PREFIX_SLOTS, 0);
+
+/// The live configuration.
+#[inline(always)]
+pub(crate) fn config() -> Result<&'static Config, ()> {
+    let slot = CONFIG_SLOT.get(0).ok_or(())?;
+    CONFIG.get(*slot & 1).ok_or(())
+}
+
+/// `value` stored in `UNTRACKED` and read back: the same value, unknown to the verifier.
+#[inline(always)]
+pub(crate) fn untracked<T: Copy>(value: T) -> Option<T> {
+    const { assert!(size_of::<T>() <= size_of::<[u64; UNTRACKED_WORDS]>() && align_of::<T>() <= 8) };
+    let slot = UNTRACKED.get_ptr_mut(0)?.cast::<T>();
+    // SAFETY: this CPU's slot, large and aligned enough (checked above); XDP programs do
+    // not nest on a CPU. Volatile, so the compiler does not forward the value past the map.
+    unsafe {
+        core::ptr::write_volatile(slot, value);
+        Some(core::ptr::read_volatile(slot))
+    }
+}
+
+/// Per-CPU scratch for a slipped reply's UDP checksum: pseudo-header, UDP header and
+/// message, zero-padded to a multiple of 4 bytes for `bpf_csum_diff`. Written and read by
+/// `slip` only.
+#[map]
+pub(crate) static SCRATCH: PerCpuArray<[u8; SCRATCH_LEN]> = PerCpuArray::with_max_entries(1, 0);

@@ -1,0 +1,478 @@
+//! The policy on a query: what its transport demands (sanity, the TCP rules), then its
+//! source's allow/deny lists, prefix levels and buckets, the server budget, and slip.
+
+use crate::ingress::refuse;
+use crate::maps::{BUDGET, LIST_V4, LIST_V6, SLIP_CAP, SLIP_PREFIX_CAPS, SOURCES, untracked};
+use crate::parse::{Frame, Transport};
+use crate::tcp::{CHARGE_DUE, StreamCharge, police_segment_apart};
+use aya_ebpf::bindings::xdp_action;
+use aya_ebpf::cty::c_void;
+use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_loop};
+use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::programs::XdpContext;
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
+use dns_xdp_common::tcp::{MAX_SEGMENT_COST, TcpStream};
+use dns_xdp_common::{
+    BUCKET_TCP_CONNECT, BUCKET_TCP_DATA, BUCKET_UDP, Config, Counter, Counters, L4, LIST_ALLOW,
+    Level, Limit, ListEntry, MAX_LEVELS, SLIP_PREFIX_SLOTS, SLIP_V4_PREFIX, SLIP_V6_PREFIX,
+    SourceKey, SourceState, budget_gcra, gcra_ceiling, gcra_charge, is_heavy, query_defect,
+    slip_prefix_hash,
+};
+
+/// Compare-and-swap attempts on one bucket before a query is refused as contended. Each
+/// failed attempt means another CPU admitted a packet of the same source meanwhile.
+pub(crate) const MAX_CAS_ATTEMPTS: usize = 8;
+
+pub(crate) const BPF_NOEXIST: u64 = 1;
+
+/// A query's source address.
+pub(crate) enum Source {
+    V4([u8; 4]),
+    V6([u8; 16]),
+}
+
+impl Source {
+    /// The allow/deny entry with the longest prefix matching this source, if any.
+    #[inline(always)]
+    fn listed(&self, config: &Config) -> Option<&'static ListEntry> {
+        match self {
+            Source::V4(addr) if config.has_list(false) => LIST_V4.get(Key::new(32, *addr)),
+            Source::V6(addr) if config.has_list(true) => LIST_V6.get(Key::new(128, *addr)),
+            _ => None,
+        }
+    }
+
+    /// The key of this source's bucket at `level`: its address masked to the level's prefix.
+    #[inline(always)]
+    fn key(&self, level: &Level, index: u8) -> SourceKey {
+        match self {
+            Source::V4(addr) => SourceKey::v4(*addr, level, index),
+            Source::V6(addr) => SourceKey::v6(*addr, level, index),
+        }
+    }
+}
+
+/// The verdict on a query: what its transport demands first (a UDP datagram that can
+/// be a query, a TCP segment of an accepted connection), then its source's.
+#[inline(always)]
+pub(crate) fn police_query(
+    ctx: &XdpContext,
+    frame: &Frame,
+    transport: &Transport,
+    config: &Config,
+    counters: &mut Counters,
+) -> u32 {
+    let mut stream = None;
+    let bucket = match transport.l4 {
+        // Sanity first: a datagram that cannot be a query is refused whatever its source.
+        L4::Udp if config.sanity() && !transport.later_fragment => {
+            let defect = match frame.dns_header(transport.payload, transport.payload_len) {
+                None => Some(Counter::NotQueryShort),
+                Some((flags, qdcount)) => query_defect(flags, qdcount, config.allowed_opcodes),
+            };
+            if let Some(defect) = defect {
+                counters.bump(defect);
+                return refuse(config, counters);
+            }
+            BUCKET_UDP
+        }
+        L4::Udp => BUCKET_UDP,
+        // A connection attempt with data (Fast Open) would hand the stack a query before
+        // the connection has a stream to count it in; a fragmented segment cannot be
+        // read here at all. Neither is needed: clients retry with a plain SYN, and TCP
+        // is sized to fit the path.
+        L4::Tcp if transport.first_fragment || (transport.syn && transport.payload_len != 0) => {
+            counters.bump(Counter::TcpUnusual);
+            return refuse(config, counters);
+        }
+        L4::Tcp if transport.syn => BUCKET_TCP_CONNECT,
+        L4::Tcp => {
+            let mut charge = StreamCharge {
+                messages: 0,
+                state: core::ptr::null_mut(),
+                next: TcpStream::default(),
+            };
+            let verdict = police_segment_apart(ctx, transport, config, counters, &mut charge);
+            if verdict != CHARGE_DUE {
+                return verdict;
+            }
+            // One call of the policy below: each call site is verified on its own.
+            stream = Some(charge);
+            BUCKET_TCP_DATA
+        }
+    };
+    let cost = stream.map_or(1, |charge| u64::from(charge.messages));
+    let verdict = police_source(ctx, frame, transport, config, counters, bucket, cost);
+    if let (Some(charge), xdp_action::XDP_PASS) = (stream, verdict) {
+        // SAFETY: the connection's record, looked up by police_segment.
+        unsafe { (*charge.state).stream = charge.next };
+    }
+    verdict
+}
+
+/// The verdict of the source's lists and buckets on `cost` queries (a TCP segment
+/// may carry several) charged to its buckets of kind `bucket` (`BUCKET_*`): allow/deny
+/// lists first (longest prefix wins), then the levels and the budget. With neither
+/// configured, the source address is not even read.
+#[inline(always)]
+pub(crate) fn police_source(
+    ctx: &XdpContext,
+    frame: &Frame,
+    transport: &Transport,
+    config: &Config,
+    counters: &mut Counters,
+    bucket: u8,
+    cost: u64,
+) -> u32 {
+    if !config.metered() && !config.has_list(transport.ipv6) {
+        return xdp_action::XDP_PASS;
+    }
+    let source = if transport.ipv6 {
+        frame.ipv6_source(transport.l3).map(Source::V6)
+    } else {
+        frame.ipv4_source(transport.l3).map(Source::V4)
+    };
+    let Ok(source) = source else {
+        return xdp_action::XDP_PASS;
+    };
+    if let Some(entry) = source.listed(config) {
+        atomic_add(core::ptr::from_ref(&entry.hits).cast_mut(), 1);
+        if entry.action == LIST_ALLOW {
+            counters.bump(Counter::Allowed);
+            return xdp_action::XDP_PASS;
+        }
+        counters.bump(Counter::Denied);
+        return refuse(config, counters);
+    }
+    if !config.metered() {
+        return xdp_action::XDP_PASS;
+    }
+    // Which bucket and how much: constants on some paths, so hidden from the verifier,
+    // which would otherwise verify the level walk once for each.
+    let Some([bucket, cost]) = untracked([u64::from(bucket), cost]) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut walk = LevelWalk {
+        config,
+        counters,
+        source,
+        now,
+        tcp: bucket as u8,
+        cost,
+        refused: false,
+        heavy: false,
+    };
+    // One verified step per level (bpf_loop): unrolled, four levels of compare-and-swap
+    // loops multiply the paths the verifier walks. The count is a constant: the
+    // verifier tracks it precisely, and a count computed from the configuration would
+    // be one more value that splits its states (levels that are off return at once).
+    // SAFETY: the callback reads and writes `walk` only, which outlives the call.
+    unsafe {
+        bpf_loop(
+            MAX_LEVELS as u32,
+            level_step as *mut c_void,
+            core::ptr::from_mut(&mut walk).cast(),
+            0,
+        )
+    };
+    if !walk.refused {
+        if !config.budget.is_on() || spend_budget(walk.now, &config.budget, walk.heavy, cost) {
+            counters.bump(Counter::RatePassed);
+            return xdp_action::XDP_PASS;
+        }
+        counters.bump(if walk.heavy {
+            Counter::BudgetShedHeavy
+        } else {
+            Counter::BudgetShedLight
+        });
+        return refuse(config, counters);
+    }
+    counters.bump(Counter::RateLimited);
+    if config.dry_run() {
+        return refuse(config, counters);
+    }
+    // Slip one in N refused UDP queries (N counted per CPU): a truncated reply sends a
+    // real client to TCP, where spoofing cannot follow.
+    if transport.l4 == L4::Udp
+        && !transport.later_fragment
+        && config.slip != 0
+        && counters
+            .get(Counter::RateLimited)
+            .is_multiple_of(u64::from(config.slip))
+    {
+        if !within_slip_caps(&walk.source, walk.now, config) {
+            counters.bump(Counter::SlipCapped);
+            return xdp_action::XDP_DROP;
+        }
+        if crate::slip::truncated_reply(ctx, transport).is_some() {
+            counters.bump(Counter::Slipped);
+            return xdp_action::XDP_TX;
+        }
+    }
+    xdp_action::XDP_DROP
+}
+
+/// One query's walk over the prefix levels: `bpf_loop`'s context, on the caller's stack.
+pub(crate) struct LevelWalk {
+    config: *const Config,
+    counters: *mut Counters,
+    source: Source,
+    now: u64,
+    /// Which of the source's buckets (`BUCKET_*`): UDP queries, TCP connection
+    /// attempts and TCP data segments each have their own.
+    tcp: u8,
+    /// Queries to charge: 1, or the messages of a TCP segment.
+    cost: u64,
+    /// A level refused the query (the walk stops there).
+    refused: bool,
+    /// A level that admitted the query has spent more than half its burst.
+    heavy: bool,
+}
+
+/// Charges the query to level `index`'s bucket (narrowest level first: a source over
+/// its own limit is refused before it spends the aggregate buckets of its neighbours).
+/// Returns 1 to stop the walk at a refusal, 0 to go on.
+pub(crate) extern "C" fn level_step(index: u64, walk: *mut c_void) -> i64 {
+    // SAFETY: `walk` is the `LevelWalk` police_query handed to bpf_loop.
+    let walk = unsafe { &mut *walk.cast::<LevelWalk>() };
+    // SAFETY: map values the caller looked up; the caller waits for the walk.
+    let (config, counters) = unsafe { (&*walk.config, &mut *walk.counters) };
+    let index = index as usize;
+    let Some(level) = config.levels.get(index) else {
+        return 1;
+    };
+    if !level.limit.is_on() {
+        return 0;
+    }
+    let mut key = walk.source.key(level, index as u8);
+    key.tcp = walk.tcp;
+    match charge(key, walk.now, &level.limit, walk.cost, counters) {
+        Charged::Admitted { heavy } => {
+            walk.heavy |= heavy;
+            0
+        }
+        Charged::Refused(state) => {
+            counters.bump_level_limited(index);
+            if config.dry_run() {
+                atomic_add(&mut state.would_drop, 1);
+            } else {
+                atomic_add(&mut state.dropped, 1);
+            }
+            walk.refused = true;
+            1
+        }
+    }
+}
+
+/// What charging a bucket did.
+pub(crate) enum Charged {
+    /// Admitted (or not stored: fail open, counted); `heavy` if the bucket has spent
+    /// more than half its burst.
+    Admitted {
+        heavy: bool,
+    },
+    Refused(&'static mut SourceState),
+}
+
+/// Spends `cost` queries of the server budget. Heavy queries (from a source or prefix
+/// that has spent more than half a burst at some level) may use the budget's burst;
+/// light ones also a reserve of one more burst that heavy ones cannot touch.
+#[inline(always)]
+pub(crate) fn spend_budget(now: u64, limit: &Limit, heavy: bool, cost: u64) -> bool {
+    let Some(tat) = BUDGET.get_ptr_mut(0) else {
+        return true;
+    };
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        // SAFETY: `tat` is an aligned u64 in a map value.
+        let current = unsafe { core::ptr::read_volatile(tat) };
+        let Some(next) = budget_gcra(current, now, limit, heavy, cost) else {
+            return false;
+        };
+        // SAFETY: as above.
+        let (_, swapped) = unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                tat, current, next,
+            )
+        };
+        if swapped {
+            return true;
+        }
+    }
+    false
+}
+
+/// Charges `cost` queries to the bucket of `key`. A TCP data bucket may run into debt by
+/// one segment's charge (`gcra_charge`), which is not forgiven.
+#[inline(always)]
+pub(crate) fn charge(
+    key: SourceKey,
+    now: u64,
+    limit: &Limit,
+    cost: u64,
+    counters: &mut Counters,
+) -> Charged {
+    let debt = if key.tcp == BUCKET_TCP_DATA {
+        MAX_SEGMENT_COST
+    } else {
+        0
+    };
+    let state = match SOURCES.get_ptr_mut(key) {
+        Some(state) => state,
+        None => {
+            // A new prefix: its first packet always conforms (a full bucket admits any charge).
+            let fresh = SourceState {
+                tat_ns: now + limit.charge_ns(cost),
+                passed: cost,
+                dropped: 0,
+                would_drop: 0,
+            };
+            match SOURCES.insert(key, fresh, BPF_NOEXIST) {
+                Ok(()) => {
+                    counters.bump(Counter::SourcesCreated);
+                    return Charged::Admitted {
+                        heavy: is_heavy(fresh.tat_ns, now, limit),
+                    };
+                }
+                // Another CPU created it first (EEXIST), or the insert failed while
+                // one did (the hash map's bucket lock can give up under contention):
+                // take from its bucket below. Passing the query unlimited here would
+                // admit one more than the burst.
+                Err(_) => match SOURCES.get_ptr_mut(key) {
+                    Some(state) => state,
+                    None => {
+                        counters.bump(Counter::TableFull);
+                        return Charged::Admitted { heavy: false };
+                    }
+                },
+            }
+        }
+    };
+    // SAFETY: `state` points into the map value; every field is updated atomically.
+    let state = unsafe { &mut *state };
+    match take(&mut state.tat_ns, now, limit, cost, debt) {
+        Take::Admitted(tat) => {
+            atomic_add(&mut state.passed, cost);
+            Charged::Admitted {
+                heavy: is_heavy(tat, now, limit),
+            }
+        }
+        Take::Refused => Charged::Refused(state),
+        Take::Contended => {
+            counters.bump(Counter::RateContended);
+            Charged::Refused(state)
+        }
+    }
+}
+
+pub(crate) enum Take {
+    /// Admitted; the bucket's new theoretical arrival time.
+    Admitted(u64),
+    Refused,
+    Contended,
+}
+
+/// One GCRA step of `cost` on a shared bucket: exact under concurrency, since every
+/// admission moves `tat` forward by `cost` intervals with a compare-and-swap. `debt`:
+/// charges beyond the burst the bucket may legitimately owe (not forgiven).
+#[inline(always)]
+pub(crate) fn take(tat: *mut u64, now: u64, limit: &Limit, cost: u64, debt: u64) -> Take {
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        // SAFETY: `tat` is an aligned u64 in a map value.
+        let current = unsafe { core::ptr::read_volatile(tat) };
+        match gcra_charge(current, now, limit, cost) {
+            None => {
+                if current > debt_ceiling(now, limit, debt) {
+                    forgive_debt(tat, current, limit, debt);
+                }
+                return Take::Refused;
+            }
+            Some(next) => {
+                // SAFETY: `tat` is an aligned u64 in a map value.
+                let (_, swapped) = unsafe {
+                    atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                        tat, current, next,
+                    )
+                };
+                if swapped {
+                    return Take::Admitted(next);
+                }
+            }
+        }
+    }
+    Take::Contended
+}
+
+/// Spends one slipped reply from the caps: the destination's prefix (the query's
+/// source: a reply goes back to it) first, so one victim cannot spend them all, then
+/// all destinations together.
+#[inline(always)]
+pub(crate) fn within_slip_caps(source: &Source, now: u64, config: &Config) -> bool {
+    if config.slip_prefix_cap.is_on() {
+        let slot = slip_prefix_slot(source);
+        let within = SLIP_PREFIX_CAPS.get_ptr_mut(slot).is_some_and(|tat| {
+            matches!(
+                take(tat, now, &config.slip_prefix_cap, 1, 0),
+                Take::Admitted(_)
+            )
+        });
+        if !within {
+            return false;
+        }
+    }
+    if !config.slip_cap.is_on() {
+        return true;
+    }
+    SLIP_CAP
+        .get_ptr_mut(0)
+        .is_some_and(|tat| matches!(take(tat, now, &config.slip_cap, 1, 0), Take::Admitted(_)))
+}
+
+/// The `SLIP_PREFIX_CAPS` slot of the destination prefix of a reply to `source`.
+#[inline(always)]
+pub(crate) fn slip_prefix_slot(source: &Source) -> u32 {
+    let hash = match source {
+        Source::V4(addr) => slip_prefix_hash(&addr[..usize::from(SLIP_V4_PREFIX / 8)], 4),
+        Source::V6(addr) => slip_prefix_hash(&addr[..usize::from(SLIP_V6_PREFIX / 8)], 6),
+    };
+    hash % SLIP_PREFIX_SLOTS
+}
+
+/// Cuts a bucket's `tat` (read as `current`) back to the ceiling of `limit`, if it is
+/// debt from a slower limit that has since been raised.
+///
+/// The ceiling is taken at a clock read *after* `current`: the `now` of the query being
+/// refused may predate admissions other CPUs made meanwhile with a later `now` (whose
+/// `tat` legitimately runs up to their own ceiling), and cutting those back would give
+/// their time away again: more than burst + rate × time admitted (the test
+/// `one_source_from_every_cpu_stays_within_burst_plus_rate` caught it). Every `tat`
+/// written under the current limit before that read lies at or below its ceiling, so
+/// only real debt is forgiven.
+#[inline(always)]
+pub(crate) fn forgive_debt(tat: *mut u64, current: u64, limit: &Limit, debt: u64) {
+    // SAFETY: a helper without arguments.
+    let ceiling = debt_ceiling(unsafe { bpf_ktime_get_ns() }, limit, debt);
+    if current > ceiling {
+        // SAFETY: `tat` is an aligned u64 in a map value. A failed swap means another
+        // CPU moved `tat` meanwhile: nothing to forgive then.
+        let _ = unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                tat, current, ceiling,
+            )
+        };
+    }
+}
+
+/// The latest `tat` a bucket can reach under `limit` at `now` when it may owe `debt`
+/// charges beyond its burst.
+#[inline(always)]
+pub(crate) fn debt_ceiling(now: u64, limit: &Limit, debt: u64) -> u64 {
+    gcra_ceiling(now, limit) + limit.charge_ns(debt)
+}
+
+#[inline(always)]
+pub(crate) fn atomic_add(target: *mut u64, value: u64) {
+    // SAFETY: `target` is an aligned u64 in a map value.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(target, value) };
+}
