@@ -245,6 +245,7 @@ fn main() -> ExitCode {
 }
 
 fn require_root() -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("dns-xdp must run as root to reach BPF maps and netfilter; try `sudo dns-xdp ...`");
     }

@@ -18,9 +18,11 @@ fn is_bpffs(path: &Path) -> bool {
     let Ok(path) = CString::new(path.as_os_str().as_encoded_bytes()) else {
         return false;
     };
-    // SAFETY: a valid C string and a zeroed statfs buffer.
+    // SAFETY: statfs is plain data; all zeroes is a valid value.
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    (unsafe { libc::statfs(path.as_ptr(), &mut stat) } == 0) && stat.f_type as i64 == BPF_FS_MAGIC
+    // SAFETY: a valid C string and a statfs buffer this function owns.
+    let status = unsafe { libc::statfs(path.as_ptr(), &mut stat) };
+    status == 0 && stat.f_type as i64 == BPF_FS_MAGIC
 }
 
 /// Makes `dir` (under `pin_root`) exist on a bpffs, readable by root only. Mounts bpffs

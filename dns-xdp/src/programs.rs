@@ -222,6 +222,7 @@ impl Attachment {
         settings: &Settings,
         pin_root: &Path,
     ) -> anyhow::Result<Self> {
+        // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             bail!("dns-xdp must run as root to load eBPF programs; try `sudo dns-xdp ...`");
         }
@@ -373,6 +374,7 @@ pub fn detach_pinned(pin_root: &Path, iface: &str) -> anyhow::Result<Vec<String>
 /// The index of a network interface, or an error that says how to find the right name.
 pub fn if_index(iface: &str) -> anyhow::Result<u32> {
     let name = CString::new(iface).with_context(|| format!("invalid interface name {iface:?}"))?;
+    // SAFETY: a valid C string.
     match unsafe { libc::if_nametoindex(name.as_ptr()) } {
         0 => bail!("no network interface named {iface:?}; `ip link` lists the interfaces"),
         index => Ok(index),

@@ -65,10 +65,8 @@ fn a_resolver_behind_dns_xdp_gets_every_answer_and_tracks_nothing() {
         std::thread::spawn(move || {
             use std::os::fd::AsRawFd as _;
             // SAFETY: setns on a valid namespace fd affects only this thread.
-            assert_eq!(
-                unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
+            let status = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(status, 0);
             Client::default()
                 .udp(server, &query(1, &name, A))
                 .is_ok_and(|answer| resolved(&answer))
