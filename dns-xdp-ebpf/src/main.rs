@@ -10,7 +10,6 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod answers;
-mod bench;
 mod egress;
 mod ingress;
 mod maps;
@@ -47,12 +46,6 @@ pub fn dns_xdp(ctx: XdpContext) -> u32 {
 pub fn dns_xdp_egress(ctx: TcContext) -> i32 {
     let _ = egress::try_dns_xdp_egress(&ctx);
     TC_ACT_UNSPEC
-}
-
-/// Minimal program for benchmarks: the cost of running any XDP program at all.
-#[xdp]
-pub fn xdp_pass(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
 }
 
 #[cfg(not(test))]

@@ -28,13 +28,12 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 /// Name of the main XDP program in the object.
 pub const XDP_PROGRAM: &str = "dns_xdp";
-/// Name of the XDP program that only returns `XDP_PASS`, the benchmarks' baseline.
-pub const XDP_PASS_PROGRAM: &str = "xdp_pass";
 /// Name of the TC egress program.
 pub const EGRESS_PROGRAM: &str = "dns_xdp_egress";
 
-/// The programs `Programs::load` loads, in that order.
-pub const PROGRAMS: [&str; 3] = [XDP_PROGRAM, XDP_PASS_PROGRAM, EGRESS_PROGRAM];
+/// The programs of the production object, all loaded by `Programs::load`, in that order.
+/// (Test and benchmark programs are in the test kit's own object.)
+pub const PROGRAMS: [&str; 2] = [XDP_PROGRAM, EGRESS_PROGRAM];
 
 /// Instructions the kernel's verifier may process to load one program (its
 /// BPF_COMPLEXITY_LIMIT_INSNS): past it, the load fails with E2BIG.

@@ -6,7 +6,7 @@
 
 use dns_xdp::Settings;
 use dns_xdp_common::{Counter, EgressCounter};
-use dns_xdp_tests::{
+use dns_xdp_testkit::{
     packet::{Layer, build, dns_query, reversed},
     testrun::{Harness, XDP_DROP, XDP_PASS},
 };

@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use dns_xdp_tests::{
+use dns_xdp_testkit::{
     loader::{self, Loader},
     netns::{LINK, Netns, Pair},
 };
@@ -223,7 +223,7 @@ fn a_taken_metrics_address_fails_the_start_before_anything_is_attached() {
 #[test]
 fn pins_from_a_build_with_another_layout_are_refused() {
     let pair = Pair::new().unwrap();
-    let bpffs = dns_xdp_tests::loader::BpfFs::new().unwrap();
+    let bpffs = dns_xdp_testkit::loader::BpfFs::new().unwrap();
     let dir = bpffs.path().join(LINK);
     std::fs::create_dir_all(&dir).unwrap();
     // A CONFIG map as some other build might have pinned it: the wrong value size.

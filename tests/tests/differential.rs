@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, time::Instant};
 
 use dns_xdp_common::{Class, L4, PortSet};
-use dns_xdp_tests::{
+use dns_xdp_testkit::{
     packet::{DSTOPTS, ETH_P_8021AD, ETH_P_8021Q, HOPOPTS, Layer, ROUTING, build, dns_query},
     reference,
     testrun::{Harness, XDP_DROP, XDP_PASS},

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use dns_xdp_tests::{
+use dns_xdp_testkit::{
     dns::{Client, Responder},
     loader::{self, BpfFs, Loader},
     netns::{LINK, Netns, Pair, SERVER_V4},

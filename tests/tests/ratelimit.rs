@@ -14,7 +14,7 @@ use dns_xdp::{
     settings::{Levels, Rate, parse_cidr, parse_levels},
 };
 use dns_xdp_common::Counter;
-use dns_xdp_tests::{
+use dns_xdp_testkit::{
     packet::{Layer, build, dns_query},
     testrun::{Harness, XDP_DROP, XDP_PASS},
 };

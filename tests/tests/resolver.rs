@@ -6,12 +6,12 @@
 
 use std::net::SocketAddr;
 
-use dns_xdp_tests::{
+use dns_xdp_testkit::{
     dns::Client,
-    lab::ScratchDir,
     loader::Loader,
     netns::{CLIENT_V4, Pair, SERVER_V4},
     packet::dns_query,
+    process::ScratchDir,
     servers::{Forward, start_nsd, start_unbound},
 };
 

@@ -4,7 +4,7 @@
 
 use dns_xdp::Settings;
 use dns_xdp_common::Counter;
-use dns_xdp_tests::{
+use dns_xdp_testkit::{
     packet::{DSTOPTS, Layer, build, dns_query},
     testrun::{Harness, XDP_DROP, XDP_PASS, XDP_TX},
 };
@@ -265,7 +265,7 @@ fn one_in_n_refused_queries_is_slipped_and_tcp_never() {
 
 #[test]
 fn over_veth_a_slipped_client_gets_tc_and_succeeds_over_tcp() {
-    use dns_xdp_tests::{
+    use dns_xdp_testkit::{
         dns::{Client, Responder},
         loader::Loader,
         netns::{Pair, SERVER_V4, SERVER_V6},

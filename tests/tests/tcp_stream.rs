@@ -7,7 +7,7 @@
 
 use dns_xdp::{Settings, settings::Levels};
 use dns_xdp_common::{Counter, EgressCounter, tcp::worst_case_messages};
-use dns_xdp_tests::{
+use dns_xdp_testkit::{
     packet::{Layer, build, dns_query, reversed},
     testrun::{Harness, Outcome, XDP_DROP, XDP_PASS},
 };

@@ -8,7 +8,7 @@ use std::{
 
 use dns_xdp::report::counters_from_json;
 use dns_xdp_common::{Class, Counter, Counters, L4};
-use dns_xdp_tests::{
+use dns_xdp_testkit::{
     dns::{Client, Responder},
     loader::Loader,
     netns::{LINK, Pair, SERVER_V4, SERVER_V6},

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dns_xdp_tests::{
+use dns_xdp_testkit::{
     dns::{Client, Responder},
     loader::Loader,
     netns::{CLIENT_V4, LINK, Netns, Pair, SERVER_V4},

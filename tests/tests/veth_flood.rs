@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dns_xdp_tests::{
+use dns_xdp_testkit::{
     dns::Responder,
     flood::{Flood, Kind, Spec, mac_of},
     loader::Loader,

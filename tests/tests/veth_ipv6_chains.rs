@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dns_xdp_tests::{
+use dns_xdp_testkit::{
     dns::Responder,
     flood::mac_of,
     loader::Loader,

@@ -8,7 +8,7 @@ use std::{
 };
 
 use dns_xdp_common::Counter;
-use dns_xdp_tests::{
+use dns_xdp_testkit::{
     dns::{Client, Responder, udp_flood},
     loader::Loader,
     netns::{LINK, Pair, SERVER_V4},

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dns_xdp_tests::{
+use dns_xdp_testkit::{
     loader::Loader,
     netns::{CLIENT_V4, Pair, SERVER_V4},
     packet::dns_query,

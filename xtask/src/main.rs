@@ -58,6 +58,19 @@ const TEST_COMMANDS: &[(&str, &str)] = &[
     ("conntrack", "conntrack"),
     ("bpftool", "bpftool"),
 ];
+/// The userspace packages, which `test` builds, lints and tests by name.
+const USERSPACE_PACKAGES: &[&str] = &[
+    "dns-xdp",
+    "dns-xdp-common",
+    "dns-xdp-build",
+    "dns-xdp-testkit",
+    "dns-xdp-tests",
+    "dns-xdp-lab",
+    "xtask",
+];
+/// The eBPF packages (bpfel-unknown-none only), linted with nightly.
+const EBPF_PACKAGES: &[&str] = &["dns-xdp-ebpf", "dns-xdp-test-ebpf"];
+
 /// DNS servers the tests run as real peers, in namespaces (their packages would start
 /// the service on the host: installed with service starts refused).
 const TEST_SERVERS: &[(&str, &str)] = &[("nsd", "nsd"), ("unbound", "unbound")];
@@ -92,7 +105,7 @@ fn main() -> anyhow::Result<()> {
                 "run",
                 "--release",
                 "--package",
-                "dns-xdp-tests",
+                "dns-xdp-lab",
                 "--bin",
                 "microbench",
                 "--",
@@ -111,8 +124,8 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the release loader and `bin` of the tests crate (the lab and the benchmark
-/// run the loader binary as an operator would).
+/// Builds the release loader and `bin` of the lab crate (the lab and the benchmark run
+/// the loader binary as an operator would).
 fn build_with_loader(bin: &str) -> anyhow::Result<()> {
     cargo(&[
         "build",
@@ -120,7 +133,7 @@ fn build_with_loader(bin: &str) -> anyhow::Result<()> {
         "--package",
         "dns-xdp",
         "--package",
-        "dns-xdp-tests",
+        "dns-xdp-lab",
         "--bin",
         "dns-xdp",
         "--bin",
@@ -429,41 +442,34 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         bail!("the tests load eBPF programs and create network namespaces: run them as root");
     }
     cargo(&["fmt", "--all", "--check"])?;
-    // The kernel crate only builds for BPF: it gets its own clippy run, with nightly.
-    cargo(&[
-        "clippy",
-        "--workspace",
-        "--exclude",
-        "dns-xdp-ebpf",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ])?;
-    step("clippy on dns-xdp-ebpf (bpfel-unknown-none, nightly)");
-    run(Command::new("rustup")
-        .args([
-            "run",
-            "nightly",
-            "cargo",
-            "clippy",
-            "--package",
-            "dns-xdp-ebpf",
-            "--bins",
-        ])
-        .args([
-            "--target",
-            "bpfel-unknown-none",
-            "-Z",
-            "build-std=core",
-            "--",
-            "-D",
-            "warnings",
-        ])
-        .env_remove("RUSTC")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .env_remove("CARGO")
-        .current_dir(workspace_root()))?;
+    let mut clippy = vec!["clippy"];
+    for package in USERSPACE_PACKAGES {
+        clippy.extend(["--package", package]);
+    }
+    clippy.extend(["--all-targets", "--", "-D", "warnings"]);
+    cargo(&clippy)?;
+    // The kernel crates only build for BPF: they get their own clippy run, with nightly.
+    for package in EBPF_PACKAGES {
+        step(&format!(
+            "clippy on {package} (bpfel-unknown-none, nightly)"
+        ));
+        run(Command::new("rustup")
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "clippy",
+                "--package",
+                package,
+                "--bins",
+            ])
+            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+            .args(["--", "-D", "warnings"])
+            .env_remove("RUSTC")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
+            .env_remove("CARGO")
+            .current_dir(workspace_root()))?;
+    }
     cargo(&["build", "--package", "dns-xdp"])?;
     let toolchain = toolchain_report();
     // The verifier's budget first, its output shown (the harness hides a passing test's):
@@ -476,16 +482,13 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
             .env("DNS_XDP_TOOLCHAIN", &toolchain)
             .current_dir(workspace_root()),
     )?;
-    // No doc tests: none are written, and their empty results would end the log.
-    let mut args = vec![
-        "test",
-        "--workspace",
-        "--exclude",
-        "dns-xdp-ebpf",
-        "--lib",
-        "--bins",
-        "--tests",
-    ];
+    // Every userspace package by name (the eBPF crates only build for BPF). No doc
+    // tests: none are written, and their empty results would end the log.
+    let mut args = vec!["test"];
+    for package in USERSPACE_PACKAGES {
+        args.extend(["--package", package]);
+    }
+    args.extend(["--lib", "--bins", "--tests"]);
     args.extend(extra.iter().map(String::as_str));
     step(&format!("cargo {}", args.join(" ")));
     let mut child = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))

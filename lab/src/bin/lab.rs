@@ -19,62 +19,54 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
-use dns_xdp_tests::{
+use anyhow::Context as _;
+use dns_xdp_lab::lab::{
+    World, catch_interrupts, dns_xdp_binary, interrupted, query_file, sleep_unless_interrupted,
+    start_nsd,
+};
+use dns_xdp_testkit::{
     flood::{Flood, Kind},
-    lab::{
-        Process, World, catch_interrupts, dns_xdp_binary, interrupted, query_file,
-        sleep_unless_interrupted, start_nsd,
-    },
     loader::{BpfFs, Loader},
     netns::{CLIENT_V4, LINK, SERVER_V4},
+    process::Process,
 };
 use serde_json::Value;
 
+/// The lab: dns-xdp against floods between two namespaces, with a live view.
+#[derive(clap::Parser)]
 struct Options {
+    /// Seconds per phase (3 to 3600; a trailing `s` is allowed).
+    #[arg(long, default_value = "30", value_parser = parse_duration)]
     duration: f64,
+    /// The legitimate clients' queries/s.
+    #[arg(long, default_value_t = 2000)]
     legit_rate: u64,
+    /// The flood's frames/s.
+    #[arg(long, default_value_t = 100_000)]
     flood_rate: u64,
+    /// dns-xdp's per-source rate.
+    #[arg(long, default_value = "10/s")]
     rate: String,
+    /// dns-xdp's per-source burst.
+    #[arg(long, default_value = "20")]
     burst: String,
 }
 
-fn options() -> anyhow::Result<Options> {
-    let mut options = Options {
-        duration: 30.0,
-        legit_rate: 2000,
-        flood_rate: 100_000,
-        rate: "10/s".into(),
-        burst: "20".into(),
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--duration" => options.duration = value()?.trim_end_matches('s').parse()?,
-            "--legit-rate" => options.legit_rate = value()?.parse()?,
-            "--flood-rate" => options.flood_rate = value()?.parse()?,
-            "--rate" => options.rate = value()?,
-            "--burst" => options.burst = value()?,
-            "-h" | "--help" => {
-                println!(
-                    "lab [--duration S (30)] [--legit-rate QPS (2000)] [--flood-rate PPS (100000)] \
-                     [--rate R (10/s)] [--burst N (20)]"
-                );
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other} (see --help)"),
-        }
+/// A phase's length in seconds: 3 to 3600, `30` or `30s`.
+fn parse_duration(text: &str) -> Result<f64, String> {
+    let seconds: f64 = text
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if (3.0..=3600.0).contains(&seconds) {
+        Ok(seconds)
+    } else {
+        Err("must be between 3 and 3600 seconds".into())
     }
-    anyhow::ensure!(
-        (3.0..=3600.0).contains(&options.duration),
-        "--duration must be between 3 and 3600 seconds"
-    );
-    Ok(options)
 }
 
 fn main() -> anyhow::Result<()> {
-    let options = options()?;
+    let options = <Options as clap::Parser>::parse();
     catch_interrupts();
     let result = run(&options);
     println!("\nlab: everything removed (namespaces, programs, processes).");

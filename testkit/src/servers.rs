@@ -14,8 +14,8 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    lab::{Process, output},
     netns::Netns,
+    process::{Process, output},
 };
 
 /// Writes `config` to `dir/<name>.conf`, has `checker` check it, runs `<name> -d -c` on

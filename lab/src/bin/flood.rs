@@ -8,31 +8,43 @@
 
 use std::{thread, time::Duration};
 
-use anyhow::{Context as _, bail};
-use dns_xdp_tests::{
-    flood::{Flood, Kind},
-    lab::{Snapshot, World},
-};
+use dns_xdp_lab::lab::{Snapshot, World};
+use dns_xdp_testkit::flood::{Flood, Kind};
+
+/// Which flood.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KindArg {
+    Spoofed,
+    Concentrated,
+}
+
+/// The flood generator alone, against the lab's server.
+#[derive(clap::Parser)]
+struct Args {
+    #[arg(long, value_enum, default_value = "spoofed")]
+    kind: KindArg,
+    /// Frames per second offered (default: as fast as it goes).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// How long to flood (0.1 to 600 s).
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Sending threads (default: one per CPU).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
 
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let (mut kind, mut rate, mut seconds, mut threads) = (Kind::Spoofed, None, 5.0, 0);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--kind" => {
-                kind = match value()?.as_str() {
-                    "spoofed" => Kind::Spoofed,
-                    "concentrated" => Kind::Concentrated,
-                    other => bail!("unknown kind {other}"),
-                }
-            }
-            "--rate" => rate = Some(value()?.parse()?),
-            "--seconds" => seconds = value()?.parse::<f64>()?.clamp(0.1, 600.0),
-            "--threads" => threads = value()?.parse()?,
-            other => bail!("unknown argument {other}"),
-        }
-    }
+    let args = <Args as clap::Parser>::parse();
+    anyhow::ensure!(
+        (0.1..=600.0).contains(&args.seconds),
+        "--seconds must be between 0.1 and 600"
+    );
+    let kind = match args.kind {
+        KindArg::Spoofed => Kind::Spoofed,
+        KindArg::Concentrated => Kind::Concentrated,
+    };
+    let (rate, seconds, threads) = (args.rate, args.seconds, args.threads);
     let world = World::new()?;
     world.server_gro(true)?;
     let mut spec = world.flood_spec(kind, rate)?;

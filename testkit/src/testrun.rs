@@ -4,6 +4,8 @@ use aya::programs::{TestRun, TestRunOptions};
 use dns_xdp::{Programs, Settings, programs::XDP_PROGRAM};
 use dns_xdp_common::{Counter, Counters, EgressCounters};
 
+use crate::test_programs::{self, XDP_PASS_PROGRAM};
+
 /// XDP verdicts, as the kernel numbers them.
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -12,6 +14,8 @@ pub const XDP_TX: u32 = 3;
 /// The programs, loaded but not attached.
 pub struct Harness {
     programs: Programs,
+    /// The test kit's `xdp_pass`, loaded on first use: the baseline of measurements.
+    baseline: Option<aya::Ebpf>,
 }
 
 /// What one frame did: the verdict and the counters that moved.
@@ -44,6 +48,7 @@ impl Harness {
     pub fn with(settings: &Settings) -> anyhow::Result<Self> {
         Ok(Self {
             programs: Programs::load(settings, None)?,
+            baseline: None,
         })
     }
 
@@ -62,6 +67,28 @@ impl Harness {
         options.data_in = Some(frame);
         options.repeat = repeat;
         let result = self.programs.xdp(program)?.test_run(options)?;
+        Ok((result.return_value, result.duration))
+    }
+
+    /// Runs the test kit's bare `XDP_PASS` program `repeat` times on `frame`: the verdict
+    /// and the time the kernel measured, the cost of running any XDP program at all.
+    pub fn run_baseline(
+        &mut self,
+        frame: &[u8],
+        repeat: u32,
+    ) -> anyhow::Result<(u32, std::time::Duration)> {
+        if self.baseline.is_none() {
+            self.baseline = Some(test_programs::load(XDP_PASS_PROGRAM)?);
+        }
+        let ebpf = self.baseline.as_mut().expect("loaded above");
+        let program: &mut aya::programs::Xdp = ebpf
+            .program_mut(XDP_PASS_PROGRAM)
+            .expect("loaded above")
+            .try_into()?;
+        let mut options = TestRunOptions::new();
+        options.data_in = Some(frame);
+        options.repeat = repeat;
+        let result = program.test_run(options)?;
         Ok((result.return_value, result.duration))
     }
 

@@ -31,12 +31,12 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use dns_xdp_tests::{
+use dns_xdp_lab::lab::{
+    Dnsperf, Firewall, Snapshot, World, catch_interrupts, dns_xdp_binary, finish_dnsperf,
+    interrupted, start_dnsperf, start_nsd, user_hz,
+};
+use dns_xdp_testkit::{
     flood::{Flood, Kind},
-    lab::{
-        Dnsperf, Firewall, Snapshot, World, catch_interrupts, dns_xdp_binary, finish_dnsperf,
-        interrupted, start_dnsperf, start_nsd, user_hz,
-    },
     loader::{BpfFs, Loader},
     netns::{CLIENT_V4, LINK},
 };
@@ -370,23 +370,31 @@ impl Bench {
     }
 }
 
+/// The end-to-end comparison: dns-xdp against the kernel's stateful, NOTRACK and
+/// hashlimit configurations, under floods, in namespaces.
+#[derive(clap::Parser)]
+struct Args {
+    /// Where e2e.md, e2e.json and e2e.svg are written.
+    #[arg(default_value = "target/bench")]
+    out_dir: PathBuf,
+    /// Seconds per measured point.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u64).range(2..=60))]
+    seconds: u64,
+    /// The legitimate clients' queries/s under floods (0: half of what the server sustains).
+    #[arg(long, default_value_t = 0)]
+    legit_rate: u64,
+    /// Run only these configurations (repeatable), e.g. `--only dns-xdp`.
+    #[arg(long)]
+    only: Vec<String>,
+}
+
 fn main() -> anyhow::Result<()> {
-    let mut out_dir = PathBuf::from("target/bench");
-    let mut seconds = 6;
-    let mut legit_rate = 0;
-    let mut only: Vec<String> = Vec::new();
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--seconds" => seconds = args.next().context("--seconds N")?.parse()?,
-            "--legit-rate" => legit_rate = args.next().context("--legit-rate N")?.parse()?,
-            // Some configurations only (repeatable), e.g. `--only dns-xdp`.
-            "--only" => only.push(args.next().context("--only CONFIGURATION")?),
-            other if !other.starts_with('-') => out_dir = other.into(),
-            other => bail!("unknown argument {other}"),
-        }
-    }
-    anyhow::ensure!((2..=60).contains(&seconds), "--seconds between 2 and 60");
+    let Args {
+        out_dir,
+        seconds,
+        legit_rate,
+        only,
+    } = <Args as clap::Parser>::parse();
     catch_interrupts();
     let started = Instant::now();
     let world = World::new()?;
@@ -558,7 +566,7 @@ fn write_results(
         out_dir.join("e2e.json"),
         serde_json::to_string_pretty(&json)?,
     )?;
-    fs::write(out_dir.join("e2e.svg"), chart(results))?;
+    fs::write(out_dir.join("e2e.svg"), chart(results)?)?;
     println!("\n{md}");
     println!("written to {}", out_dir.join("e2e.{md,json,svg}").display());
     Ok(())
@@ -629,104 +637,122 @@ fn summary(md: &mut String, results: &[(Config, Vec<Point>)]) -> std::fmt::Resul
 }
 
 /// Legit answered (%) against offered flood rate, one line per configuration, one panel
-/// per flood kind.
-fn chart(results: &[(Config, Vec<Point>)]) -> String {
-    const COLORS: [&str; 5] = ["#d62728", "#ff7f0e", "#9467bd", "#1f77b4", "#2ca02c"];
-    let (width, height) = (1000.0, 430.0);
-    let panel_w = 400.0;
-    let panel_h = 280.0;
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">Legit queries answered (%) vs offered flood rate</text>\n",
-        width / 2.0
-    );
+/// per flood kind, drawn with plotters into an SVG document.
+fn chart(results: &[(Config, Vec<Point>)]) -> anyhow::Result<String> {
+    use plotters::prelude::*;
+    const COLORS: [RGBColor; 5] = [
+        RGBColor(0xd6, 0x27, 0x28),
+        RGBColor(0xff, 0x7f, 0x0e),
+        RGBColor(0x94, 0x67, 0xbd),
+        RGBColor(0x1f, 0x77, 0xb4),
+        RGBColor(0x2c, 0xa0, 0x2c),
+    ];
     let labels = ["25k", "50k", "100k", "200k", "max"];
-    for (panel, (kind, title)) in [
-        (Kind::Concentrated, "(b) concentrated flood, 4 sources"),
-        (Kind::Spoofed, "(c) spoofed flood, 65 536 sources"),
-    ]
-    .iter()
-    .enumerate()
+    let mut svg = String::new();
     {
-        let x0 = 70.0 + panel as f64 * (panel_w + 80.0);
-        let y0 = 62.0;
-        let _ = write!(
-            svg,
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{title}</text>\n\
-             <rect x=\"{x0}\" y=\"{y0}\" width=\"{panel_w}\" height=\"{panel_h}\" fill=\"none\" stroke=\"#999\"/>\n",
-            x0 + panel_w / 2.0,
-            y0 - 6.0
-        );
-        for pct in [0, 25, 50, 75, 100] {
-            let y = y0 + panel_h * (1.0 - f64::from(pct) / 100.0);
-            let _ = writeln!(
-                svg,
-                "<line x1=\"{x0}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#eee\"/>\
-                 <text x=\"{}\" y=\"{}\" text-anchor=\"end\">{pct}</text>",
-                x0 + panel_w,
-                x0 - 6.0,
-                y + 4.0
-            );
+        let root = SVGBackend::with_string(&mut svg, (1000, 430)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let root = root.titled(
+            "Legit queries answered (%) vs offered flood rate",
+            ("sans-serif", 15),
+        )?;
+        let panels = root.split_evenly((1, 2));
+        for (area, (kind, title)) in panels.iter().zip([
+            (Kind::Concentrated, "(b) concentrated flood, 4 sources"),
+            (Kind::Spoofed, "(c) spoofed flood, 65 536 sources"),
+        ]) {
+            let mut chart = ChartBuilder::on(area)
+                .caption(title, ("sans-serif", 12))
+                .margin(12)
+                .x_label_area_size(36)
+                .y_label_area_size(36)
+                .build_cartesian_2d(0usize..labels.len() - 1, 0f64..100f64)?;
+            chart
+                .configure_mesh()
+                .x_labels(labels.len())
+                .x_label_formatter(&|index| labels.get(*index).copied().unwrap_or("").to_owned())
+                .x_desc("offered flood (packets/s)")
+                .y_desc("legit answered (%)")
+                .draw()?;
+            for (line, (config, points)) in results.iter().enumerate() {
+                let color = COLORS[line % COLORS.len()];
+                let series: Vec<(usize, f64)> = points
+                    .iter()
+                    .filter(|point| point.flood == Some(kind))
+                    .enumerate()
+                    .map(|(index, point)| (index, point.answered_pct()))
+                    .collect();
+                chart
+                    .draw_series(LineSeries::new(series.clone(), color.stroke_width(2)))?
+                    .label(config.name())
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+                    });
+                chart.draw_series(
+                    series
+                        .into_iter()
+                        .map(|point| Circle::new(point, 3, color.filled())),
+                )?;
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerLeft)
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()?;
         }
-        let step = panel_w / (labels.len() as f64 - 1.0);
-        for (index, label) in labels.iter().enumerate() {
-            let x = x0 + index as f64 * step;
-            let _ = writeln!(
-                svg,
-                "<text x=\"{x}\" y=\"{}\" text-anchor=\"middle\">{label}</text>",
-                y0 + panel_h + 16.0
-            );
+        root.present()?;
+    }
+    Ok(svg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dns_xdp_lab::lab::{Dnsperf, Snapshot};
+
+    fn point(flood: Option<Kind>, completed: u64) -> Point {
+        Point {
+            workload: "test",
+            flood,
+            offered: Some(25_000),
+            flood_sent_rate: 0.0,
+            legit: Dnsperf {
+                sent: 100,
+                completed,
+                ..Dnsperf::default()
+            },
+            legit_offered: 100,
+            seconds: 1.0,
+            delta: Snapshot::default(),
+            after: Snapshot::default(),
+            xdp_dropped: 0,
+            xdp_packets: 0,
         }
-        let _ = writeln!(
-            svg,
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">offered flood (packets/s)</text>",
-            x0 + panel_w / 2.0,
-            y0 + panel_h + 34.0
-        );
-        for (line, (config, points)) in results.iter().enumerate() {
-            let coords: Vec<String> = points
-                .iter()
-                .filter(|point| point.flood == Some(*kind))
-                .enumerate()
-                .map(|(index, point)| {
-                    format!(
-                        "{:.1},{:.1}",
-                        x0 + index as f64 * step,
-                        y0 + panel_h * (1.0 - point.answered_pct() / 100.0)
-                    )
-                })
-                .collect();
-            let color = COLORS[line % COLORS.len()];
-            let _ = writeln!(
-                svg,
-                "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"><title>{}</title></polyline>",
-                coords.join(" "),
+    }
+
+    #[test]
+    fn the_chart_is_an_svg_with_a_line_and_a_label_per_configuration() {
+        let results: Vec<(Config, Vec<Point>)> = Config::ALL
+            .into_iter()
+            .map(|config| {
+                let points = [Kind::Concentrated, Kind::Spoofed]
+                    .into_iter()
+                    .flat_map(|kind| (0..5).map(move |step| point(Some(kind), 100 - step * 10)))
+                    .collect();
+                (config, points)
+            })
+            .collect();
+        let svg = chart(&results).unwrap();
+        assert!(svg.starts_with("<svg"), "{}", &svg[..80]);
+        for (config, _) in &results {
+            assert!(
+                svg.contains(config.name()),
+                "no label for {}",
                 config.name()
             );
-            for coord in &coords {
-                let (x, y) = coord.split_once(',').unwrap_or(("0", "0"));
-                let _ = writeln!(
-                    svg,
-                    "<circle cx=\"{x}\" cy=\"{y}\" r=\"3\" fill=\"{color}\"/>"
-                );
-            }
         }
+        // Two panels, each with a marked point per configuration and flood rate.
+        assert_eq!(svg.matches("<circle").count(), 2 * results.len() * 5);
     }
-    for (line, (config, _)) in results.iter().enumerate() {
-        let x = 70.0 + line as f64 * 170.0;
-        let y = height - 30.0;
-        let color = COLORS[line % COLORS.len()];
-        let _ = writeln!(
-            svg,
-            "<rect x=\"{x}\" y=\"{}\" width=\"14\" height=\"4\" fill=\"{color}\"/>\
-             <text x=\"{}\" y=\"{}\">{}</text>",
-            y - 4.0,
-            x + 20.0,
-            y,
-            config.name()
-        );
-    }
-    svg.push_str("</svg>\n");
-    svg
 }

@@ -1,10 +1,15 @@
-//! Flood generator programs for the lab and the end-to-end benchmark (no maps).
+//! Test and benchmark programs, apart from the production object (`dns-xdp-ebpf`), built
+//! for the test kit: a bare `XDP_PASS` (the cost of running any XDP program at all, the
+//! micro-benchmark's baseline) and the flood generators of the lab and the benchmarks.
 //!
 //! They are run with BPF_PROG_TEST_RUN in live-frames mode (`BPF_F_TEST_XDP_LIVE_FRAMES`)
 //! on an IPv4/UDP DNS query template whose UDP checksum is 0: each run gets a fresh copy
 //! of the template (or the same page again, as this program left it), the program picks a
 //! source address and returns `XDP_TX`, and the kernel transmits the frame out of the
 //! interface named by the context's `ingress_ifindex` (a veth: it arrives at the peer).
+#![no_std]
+#![no_main]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_get_prandom_u32, macros::xdp, programs::XdpContext,
@@ -72,3 +77,19 @@ pub fn flood_few(ctx: XdpContext) -> u32 {
     let word = u16::from_ne_bytes([third, (random & 3) as u8 + 1]);
     set_source(&ctx, word, (random >> 16) as u16)
 }
+
+/// The cost of running any XDP program at all: the micro-benchmark's baseline.
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -11,16 +11,17 @@ use std::{
     fs,
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Stdio,
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 
-use crate::{
+use dns_xdp_testkit::{
     flood::{Kind, Spec, mac_of},
     netns::{CLIENT_V4, LINK, Netns, Pair, SERVER_V4},
+    process::{Process, ScratchDir, output},
 };
 
 /// The zone NSD serves and the names asked for.
@@ -30,22 +31,6 @@ pub const QNAME: &str = "www.lab.example";
 pub const FEW_BASE: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 0);
 /// The spoofed flood's /16.
 pub const SPOOFED_BASE: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 0);
-
-/// Runs `command`; returns its stdout, or fails with its stderr.
-pub fn output(command: &mut Command) -> anyhow::Result<String> {
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {command:?}"))?;
-    if !output.status.success() {
-        bail!(
-            "{command:?} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
 
 /// The dns-xdp binary: `DNS_XDP_BIN`, or the one next to this program (both are built
 /// into target/release by `cargo xtask lab` and `cargo xtask bench`).
@@ -184,73 +169,6 @@ impl World {
     }
 }
 
-/// A directory under /tmp, removed on drop.
-pub struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    pub fn new(role: &str) -> anyhow::Result<Self> {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("dns-xdp-{role}-{}-{id}", std::process::id()));
-        fs::create_dir_all(&dir)?;
-        Ok(Self(dir))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A child process stopped (SIGTERM, then SIGKILL) on drop.
-pub struct Process {
-    pub child: Child,
-    name: &'static str,
-}
-
-impl Process {
-    pub fn spawn(name: &'static str, command: &mut Command) -> anyhow::Result<Self> {
-        let child = command
-            .stdin(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        Ok(Self { child, name })
-    }
-
-    /// Whether it is still running.
-    pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    pub fn name(&self) -> &str {
-        self.name
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if !self.running() {
-            return;
-        }
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if !self.running() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// NSD (authoritative only) serving `ZONE` on 198.18.0.1:53 in the server namespace,
 /// with one server process per CPU (`servers::start_nsd`).
 pub fn start_nsd(world: &World) -> anyhow::Result<Process> {
@@ -264,7 +182,7 @@ pub fn start_nsd(world: &World) -> anyhow::Result<Process> {
          @ IN MX 10 mail\n\
          @ IN TXT \"dns-xdp lab zone\"\n"
     );
-    crate::servers::start_nsd(
+    dns_xdp_testkit::servers::start_nsd(
         &world.server,
         SERVER_V4,
         &[(ZONE, &zone)],

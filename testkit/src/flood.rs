@@ -23,10 +23,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::{
-    EbpfLoader,
-    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
-};
+use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp};
 
 use crate::packet::{dns_query, internet_checksum};
 
@@ -249,16 +246,8 @@ fn prepare(spec: &Spec, index: usize) -> anyhow::Result<Loaded> {
     if ifindex == 0 {
         bail!("no interface {} in {}", spec.iface, spec.netns);
     }
-    let mut loader = EbpfLoader::new();
-    // The object's maps are created with it; keep the big one small (unused here).
-    loader.map_max_entries("SOURCES", 16);
-    let mut ebpf = loader.load(dns_xdp::programs::ebpf_object()?)?;
     let name = spec.kind.program();
-    let program: &mut Xdp = ebpf
-        .program_mut(name)
-        .with_context(|| format!("program {name} missing from the object"))?
-        .try_into()?;
-    program.load()?;
+    let ebpf = crate::test_programs::load(name)?;
     // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
     // egress_ifindex. data_end must be the frame's length.
     let frame_len = template(spec).len() as u32;
