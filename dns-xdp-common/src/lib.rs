@@ -11,6 +11,7 @@ pub mod counters;
 pub mod dns;
 pub mod keys;
 pub mod limits;
+pub mod maps;
 pub mod ports;
 pub mod tcp;
 

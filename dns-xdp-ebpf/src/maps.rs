@@ -1,9 +1,9 @@
 //! Every map of the kernel programs, one purpose line each (katran's `balancer_maps.h`),
 //! and the two accessors every packet uses: the live configuration and `untracked`.
 
-use crate::slip::SCRATCH_LEN;
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, LpmTrie, LruHashMap, PerCpuArray};
+use dns_xdp_common::maps::{SLIP_SCRATCH_LEN, UNTRACKED_WORDS};
 use dns_xdp_common::{
     AWAITED_TABLE_SIZE, AwaitedKey, AwaitedState, Config, Counters, DEFAULT_TABLE_SIZE,
     EgressCounters, FRAGMENT_TABLE_SIZE, FragmentKey, ListEntry, MAX_LIST_ENTRIES,
@@ -72,9 +72,6 @@ pub(crate) static FRAGMENTS: LruHashMap<FragmentKey, u64> =
 pub(crate) static UNTRACKED: PerCpuArray<[u64; UNTRACKED_WORDS]> =
     PerCpuArray::with_max_entries(1, 0);
 
-/// The size of an `UNTRACKED` slot, in 8-byte words.
-pub(crate) const UNTRACKED_WORDS: usize = 6;
-
 /// The global slip cap's GCRA theoretical arrival time, shared by all CPUs; written here.
 #[map]
 pub(crate) static SLIP_CAP: Array<u64> = Array::with_max_entries(1, 0);
@@ -109,4 +106,5 @@ pub(crate) fn untracked<T: Copy>(value: T) -> Option<T> {
 /// message, zero-padded to a multiple of 4 bytes for `bpf_csum_diff`. Written and read by
 /// `slip` only.
 #[map]
-pub(crate) static SCRATCH: PerCpuArray<[u8; SCRATCH_LEN]> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static SCRATCH: PerCpuArray<[u8; SLIP_SCRATCH_LEN]> =
+    PerCpuArray::with_max_entries(1, 0);

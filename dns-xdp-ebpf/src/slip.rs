@@ -17,7 +17,7 @@ use aya_ebpf::{
     },
     programs::XdpContext,
 };
-use dns_xdp_common::{DNS_HEADER_LEN, fold_checksum};
+use dns_xdp_common::{DNS_HEADER_LEN, Family, fold_checksum};
 
 use crate::{
     maps::SCRATCH,
@@ -35,8 +35,10 @@ const MAX_REPLY_LEN: usize = DNS_HEADER_LEN + 256 + 4;
 /// zero, protocol and UDP length. Sums the same as either family's pseudo-header.
 const PSEUDO_LEN: usize = 36;
 const UDP_HEADER_LEN: usize = 8;
-/// The checksum scratch's size: pseudo-header, UDP header, the longest reply, padding.
-pub(crate) const SCRATCH_LEN: usize = PSEUDO_LEN + UDP_HEADER_LEN + MAX_REPLY_LEN + 4;
+/// The checksum scratch's size: pseudo-header, UDP header, the longest reply, padding
+/// (the `SCRATCH` map's value, as the map list in dns-xdp-common gives it).
+const SCRATCH_LEN: usize = PSEUDO_LEN + UDP_HEADER_LEN + MAX_REPLY_LEN + 4;
+const _: () = assert!(SCRATCH_LEN == dns_xdp_common::maps::SLIP_SCRATCH_LEN);
 
 /// Field offsets in the headers a reply rewrites.
 const ETH_DESTINATION: usize = 0;
@@ -88,7 +90,7 @@ pub fn truncated_reply(ctx: &XdpContext, transport: &Transport) -> Option<()> {
 
     // Each header is bounds-checked once as a whole and edited at constant offsets:
     // the verifier follows that, not pointers the compiler derives backwards.
-    let addresses = if transport.ipv6 {
+    let addresses = if transport.family == Family::V6 {
         let ip = header::<IPV6_HEADER_LEN>(&frame, l3)?;
         if ip[IPV6_NEXT_HEADER] != IPPROTO_UDP || udp != l3 + IPV6_HEADER_LEN {
             return None;

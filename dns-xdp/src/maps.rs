@@ -2,6 +2,7 @@
 //! from their pins (so any shell can read and change a running instance).
 
 use std::{
+    collections::HashSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
 };
@@ -12,23 +13,15 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
 };
 use dns_xdp_common::{
-    Config, Counters, EgressCounters, FAMILY_V4, FLAG_LIST_V4, FLAG_LIST_V6, LIST_ALLOW, LIST_DENY,
-    ListEntry, SourceKey, SourceState,
+    Config, Counters, EgressCounters, FAMILY_V4, Family, LIST_ALLOW, LIST_DENY, ListEntry,
+    SourceKey, SourceState, maps as spec,
 };
 use ipnet::IpNet;
 
-/// The maps that outlive a loader (pinned): everything but the log ring buffer.
-pub const PINNED_MAPS: [&str; 9] = [
-    "CONFIG",
-    "CONFIG_SLOT",
-    "COUNTERS",
-    "EGRESS_COUNTERS",
-    "SOURCES",
-    "LIST_V4",
-    "LIST_V6",
-    "AWAITED",
-    "FRAGMENTS",
-];
+/// The maps that outlive a loader (pinned), from the object's map list.
+pub fn pinned_maps() -> impl Iterator<Item = &'static str> {
+    spec::pinned().map(|map| map.name)
+}
 
 /// A source prefix with what happened to its queries.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,30 +71,16 @@ pub struct ListReport {
     pub hits: u64,
 }
 
-/// Key and value sizes of every pinned map, as this build lays them out.
-fn layouts() -> [(&'static str, usize, usize); 9] {
-    use std::mem::size_of;
-    [
-        ("CONFIG", 4, size_of::<dns_xdp_common::Config>()),
-        ("CONFIG_SLOT", 4, 4),
-        ("COUNTERS", 4, size_of::<Counters>()),
-        ("EGRESS_COUNTERS", 4, size_of::<EgressCounters>()),
-        ("SOURCES", size_of::<SourceKey>(), size_of::<SourceState>()),
-        ("LIST_V4", 4 + 4, size_of::<ListEntry>()),
-        ("LIST_V6", 4 + 16, size_of::<ListEntry>()),
-        (
-            "AWAITED",
-            size_of::<dns_xdp_common::AwaitedKey>(),
-            size_of::<dns_xdp_common::AwaitedState>(),
-        ),
-        ("FRAGMENTS", size_of::<dns_xdp_common::FragmentKey>(), 8),
-    ]
-}
-
 /// Checks that the maps pinned in `dir` have this build's layout, so a loader never
 /// adopts maps an older or newer build laid out differently.
 pub fn check_pinned_layout(dir: &Path) -> anyhow::Result<()> {
-    for (name, key_size, value_size) in layouts() {
+    for spec::MapSpec {
+        name,
+        key_size,
+        value_size,
+        ..
+    } in spec::pinned()
+    {
         let path = dir.join(name);
         if !path.exists() {
             continue;
@@ -123,14 +102,17 @@ pub fn check_pinned_layout(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The maps the loader reads and writes, typed once when opened.
 pub struct Maps {
-    config: Map,
-    config_slot: Map,
-    counters: Map,
-    egress: Map,
-    sources: Map,
-    list_v4: Map,
-    list_v6: Map,
+    config: Array<MapData, Config>,
+    config_slot: Array<MapData, u32>,
+    counters: PerCpuArray<MapData, Counters>,
+    egress: PerCpuArray<MapData, EgressCounters>,
+    sources: HashMap<MapData, SourceKey, SourceState>,
+    /// The source table's capacity (its size is fixed when created).
+    table_size: u32,
+    list_v4: LpmTrie<MapData, [u8; 4], ListEntry>,
+    list_v6: LpmTrie<MapData, [u8; 16], ListEntry>,
 }
 
 impl Maps {
@@ -153,26 +135,30 @@ impl Maps {
     }
 
     fn assemble(mut get: impl FnMut(&str) -> anyhow::Result<Map>) -> anyhow::Result<Self> {
+        let sources = get(spec::SOURCES.name)?;
+        let Map::LruHashMap(data) = &sources else {
+            bail!("SOURCES is not an LRU hash");
+        };
+        let table_size = data.info()?.max_entries();
         Ok(Self {
-            config: get("CONFIG")?,
-            config_slot: get("CONFIG_SLOT")?,
-            counters: get("COUNTERS")?,
-            egress: get("EGRESS_COUNTERS")?,
-            sources: get("SOURCES")?,
-            list_v4: get("LIST_V4")?,
-            list_v6: get("LIST_V6")?,
+            config: Array::try_from(get(spec::CONFIG.name)?)?,
+            config_slot: Array::try_from(get(spec::CONFIG_SLOT.name)?)?,
+            counters: PerCpuArray::try_from(get(spec::COUNTERS.name)?)?,
+            egress: PerCpuArray::try_from(get(spec::EGRESS_COUNTERS.name)?)?,
+            sources: HashMap::try_from(sources)?,
+            table_size,
+            list_v4: LpmTrie::try_from(get(spec::LIST_V4.name)?)?,
+            list_v6: LpmTrie::try_from(get(spec::LIST_V6.name)?)?,
         })
     }
 
     fn slot(&self) -> anyhow::Result<u32> {
-        let slot: Array<&MapData, u32> = Array::try_from(&self.config_slot)?;
-        Ok(slot.get(&0, 0).context("reading CONFIG_SLOT")? & 1)
+        Ok(self.config_slot.get(&0, 0).context("reading CONFIG_SLOT")? & 1)
     }
 
     /// The configuration the programs use now.
     pub fn config(&self) -> anyhow::Result<Config> {
-        let configs: Array<&MapData, Config> = Array::try_from(&self.config)?;
-        configs.get(&self.slot()?, 0).context("reading CONFIG")
+        self.config.get(&self.slot()?, 0).context("reading CONFIG")
     }
 
     /// Replaces the configuration atomically: the programs read the slot CONFIG_SLOT
@@ -180,18 +166,17 @@ impl Maps {
     /// Each packet sees the old or the new configuration, never a mix.
     pub fn set_config(&mut self, config: &Config) -> anyhow::Result<()> {
         let next = 1 - self.slot()?;
-        let mut configs: Array<&mut MapData, Config> = Array::try_from(&mut self.config)?;
-        configs.set(next, config, 0).context("writing CONFIG")?;
-        let mut slot: Array<&mut MapData, u32> = Array::try_from(&mut self.config_slot)?;
-        slot.set(0, next, 0).context("writing CONFIG_SLOT")?;
+        self.config.set(next, config, 0).context("writing CONFIG")?;
+        self.config_slot
+            .set(0, next, 0)
+            .context("writing CONFIG_SLOT")?;
         Ok(())
     }
 
     /// Ingress counters summed over all CPUs.
     pub fn counters(&self) -> anyhow::Result<Counters> {
-        let map: PerCpuArray<&MapData, Counters> = PerCpuArray::try_from(&self.counters)?;
         let mut total = Counters::default();
-        for per_cpu in map.get(&0, 0).context("reading COUNTERS")?.iter() {
+        for per_cpu in self.counters.get(&0, 0).context("reading COUNTERS")?.iter() {
             total.add(per_cpu);
         }
         Ok(total)
@@ -199,9 +184,13 @@ impl Maps {
 
     /// Egress counters summed over all CPUs.
     pub fn egress_counters(&self) -> anyhow::Result<EgressCounters> {
-        let map: PerCpuArray<&MapData, EgressCounters> = PerCpuArray::try_from(&self.egress)?;
         let mut total = EgressCounters::default();
-        for per_cpu in map.get(&0, 0).context("reading EGRESS_COUNTERS")?.iter() {
+        for per_cpu in self
+            .egress
+            .get(&0, 0)
+            .context("reading EGRESS_COUNTERS")?
+            .iter()
+        {
             total.add(per_cpu);
         }
         Ok(total)
@@ -218,9 +207,8 @@ impl Maps {
 
     /// Every bucket as the kernel keeps it (its GCRA state included).
     pub fn source_states(&self) -> anyhow::Result<Vec<(SourceKey, SourceState)>> {
-        let map: HashMap<&MapData, SourceKey, SourceState> = HashMap::try_from(&self.sources)?;
         let mut states = Vec::new();
-        for item in map.iter() {
+        for item in self.sources.iter() {
             // An entry evicted while we walk ends the walk early; what we have is still true.
             let Ok(entry) = item else { break };
             states.push(entry);
@@ -230,10 +218,7 @@ impl Maps {
 
     /// Capacity of the source table.
     pub fn table_size(&self) -> anyhow::Result<u32> {
-        let Map::LruHashMap(data) = &self.sources else {
-            bail!("SOURCES is not an LRU hash");
-        };
-        Ok(data.info()?.max_entries())
+        Ok(self.table_size)
     }
 
     /// The `limit` sources whose buckets refused the most queries (none refused: none).
@@ -244,8 +229,7 @@ impl Maps {
     /// Every list entry with its hits.
     pub fn lists(&self) -> anyhow::Result<Vec<ListReport>> {
         let mut reports = Vec::new();
-        let v4: LpmTrie<&MapData, [u8; 4], ListEntry> = LpmTrie::try_from(&self.list_v4)?;
-        for item in v4.iter() {
+        for item in self.list_v4.iter() {
             let (key, entry) = item?;
             reports.push(list_report(
                 IpAddr::V4(Ipv4Addr::from(key.data())),
@@ -253,8 +237,7 @@ impl Maps {
                 &entry,
             )?);
         }
-        let v6: LpmTrie<&MapData, [u8; 16], ListEntry> = LpmTrie::try_from(&self.list_v6)?;
-        for item in v6.iter() {
+        for item in self.list_v6.iter() {
             let (key, entry) = item?;
             reports.push(list_report(
                 IpAddr::V6(Ipv6Addr::from(key.data())),
@@ -275,62 +258,62 @@ impl Maps {
         {
             return Ok(());
         }
-        let entry = ListEntry {
-            action: if allow { LIST_ALLOW } else { LIST_DENY },
-            ..ListEntry::default()
-        };
-        let len = u32::from(prefix.prefix_len());
-        match prefix.addr() {
-            IpAddr::V4(addr) => {
-                let mut trie: LpmTrie<&mut MapData, [u8; 4], ListEntry> =
-                    LpmTrie::try_from(&mut self.list_v4)?;
-                trie.insert(&Key::new(len, addr.octets()), entry, 0)
-            }
-            IpAddr::V6(addr) => {
-                let mut trie: LpmTrie<&mut MapData, [u8; 16], ListEntry> =
-                    LpmTrie::try_from(&mut self.list_v6)?;
-                trie.insert(&Key::new(len, addr.octets()), entry, 0)
-            }
-        }
-        .with_context(|| format!("adding {prefix} to the lists"))?;
+        self.insert_entry(prefix, allow)?;
         // The entry exists before the programs are told to look.
         self.sync_list_flags()
     }
 
     /// Removes `prefix` from the lists; `false` if it was in neither.
     pub fn list_remove(&mut self, prefix: IpNet) -> anyhow::Result<bool> {
-        let len = u32::from(prefix.prefix_len());
-        let removed = match prefix.addr() {
-            IpAddr::V4(addr) => {
-                let mut trie: LpmTrie<&mut MapData, [u8; 4], ListEntry> =
-                    LpmTrie::try_from(&mut self.list_v4)?;
-                trie.remove(&Key::new(len, addr.octets()))
-            }
-            IpAddr::V6(addr) => {
-                let mut trie: LpmTrie<&mut MapData, [u8; 16], ListEntry> =
-                    LpmTrie::try_from(&mut self.list_v6)?;
-                trie.remove(&Key::new(len, addr.octets()))
-            }
-        }
-        .is_ok();
+        let removed = self.remove_entry(prefix);
         self.sync_list_flags()?;
         Ok(removed)
     }
 
-    /// Makes the lists hold exactly `allow` and `deny`, keeping the hits of entries that stay.
+    /// Makes the lists hold exactly `allow` and `deny`, keeping the hits of entries that
+    /// stay: one walk of the lists, one write per entry that changes, then the flags.
     pub fn set_lists(&mut self, allow: &[IpNet], deny: &[IpNet]) -> anyhow::Result<()> {
+        let wanted: HashSet<(IpNet, bool)> = allow
+            .iter()
+            .map(|prefix| (*prefix, true))
+            .chain(deny.iter().map(|prefix| (*prefix, false)))
+            .collect();
+        let mut present = HashSet::new();
         for entry in self.lists()? {
-            let wanted = if entry.allow { allow } else { deny };
-            if !wanted.contains(&entry.prefix) {
-                self.list_remove(entry.prefix)?;
+            if wanted.contains(&(entry.prefix, entry.allow)) {
+                present.insert((entry.prefix, entry.allow));
+            } else {
+                self.remove_entry(entry.prefix);
             }
         }
-        for (list, is_allow) in [(allow, true), (deny, false)] {
-            for prefix in list {
-                self.list_insert(*prefix, is_allow)?;
-            }
+        for &(prefix, allow) in wanted.difference(&present) {
+            self.insert_entry(prefix, allow)?;
         }
-        Ok(())
+        self.sync_list_flags()
+    }
+
+    /// Writes `prefix`'s entry (a fresh one: no hits).
+    fn insert_entry(&mut self, prefix: IpNet, allow: bool) -> anyhow::Result<()> {
+        let entry = ListEntry {
+            action: if allow { LIST_ALLOW } else { LIST_DENY },
+            ..ListEntry::default()
+        };
+        let len = u32::from(prefix.prefix_len());
+        match prefix.addr() {
+            IpAddr::V4(addr) => self.list_v4.insert(&Key::new(len, addr.octets()), entry, 0),
+            IpAddr::V6(addr) => self.list_v6.insert(&Key::new(len, addr.octets()), entry, 0),
+        }
+        .with_context(|| format!("adding {prefix} to the lists"))
+    }
+
+    /// Removes `prefix`'s entry; whether there was one.
+    fn remove_entry(&mut self, prefix: IpNet) -> bool {
+        let len = u32::from(prefix.prefix_len());
+        match prefix.addr() {
+            IpAddr::V4(addr) => self.list_v4.remove(&Key::new(len, addr.octets())),
+            IpAddr::V6(addr) => self.list_v6.remove(&Key::new(len, addr.octets())),
+        }
+        .is_ok()
     }
 
     /// Sets the config's per-family "list has entries" flags from the lists themselves.
@@ -338,15 +321,11 @@ impl Maps {
         let lists = self.lists()?;
         let mut config = self.config()?;
         let before = config.flags;
-        for (flag, v4) in [(FLAG_LIST_V4, true), (FLAG_LIST_V6, false)] {
-            if lists
+        for family in [Family::V4, Family::V6] {
+            let listed = lists
                 .iter()
-                .any(|entry| matches!(entry.prefix, IpNet::V4(_)) == v4)
-            {
-                config.flags |= flag;
-            } else {
-                config.flags &= !flag;
-            }
+                .any(|entry| Family::of(&entry.prefix.addr()) == family);
+            config.set_list(family, listed);
         }
         if config.flags != before {
             self.set_config(&config)?;

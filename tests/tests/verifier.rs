@@ -130,3 +130,40 @@ fn a_program_over_the_budget_fails_naming_it() {
         ("dns_xdp".into(), VERIFIER_BUDGET + 1),
     ]);
 }
+
+/// The production object's maps are exactly the map list the loader pins and checks
+/// from (`dns_xdp_common::maps::MAPS`), with the same key and value sizes.
+#[test]
+fn the_objects_maps_are_the_map_list() {
+    use aya::maps::{Map, MapData};
+    fn data(map: &Map) -> &MapData {
+        match map {
+            Map::Array(data)
+            | Map::PerCpuArray(data)
+            | Map::LruHashMap(data)
+            | Map::HashMap(data)
+            | Map::LpmTrie(data)
+            | Map::RingBuf(data) => data,
+            other => panic!("a map of an unexpected type: {other:?}"),
+        }
+    }
+    let ebpf = Ebpf::load(ebpf_object().unwrap()).unwrap();
+    // Data sections (`.rodata`: the log's format strings) are the compiler's, not maps
+    // the programs declare.
+    let mut in_object: Vec<(String, usize, usize)> = ebpf
+        .maps()
+        .filter(|(name, _)| !name.starts_with('.'))
+        .map(|(name, map)| {
+            let info = data(map).info().unwrap();
+            let sizes = (info.key_size() as usize, info.value_size() as usize);
+            (name.to_owned(), sizes.0, sizes.1)
+        })
+        .collect();
+    in_object.sort();
+    let mut listed: Vec<(String, usize, usize)> = dns_xdp_common::maps::MAPS
+        .iter()
+        .map(|map| (map.name.to_owned(), map.key_size, map.value_size))
+        .collect();
+    listed.sort();
+    assert_eq!(in_object, listed);
+}

@@ -1,0 +1,124 @@
+//! Every map of the production object, in one list: its name, its key and value sizes,
+//! and whether it outlives a loader (pinned). The kernel side declares its maps with
+//! these sizes (`UNTRACKED_WORDS`, `SLIP_SCRATCH_LEN` and the key types), the loader pins
+//! and checks pinned maps from this list, and a test checks the object against it.
+
+use core::mem::size_of;
+
+use crate::{
+    AwaitedKey, AwaitedState, Config, Counters, EgressCounters, FragmentKey, ListEntry, SourceKey,
+    SourceState,
+};
+
+/// One map of the object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSpec {
+    pub name: &'static str,
+    pub key_size: usize,
+    pub value_size: usize,
+    /// Pinned in the instance directory: its state outlives a loader (a takeover keeps
+    /// counters, buckets and the answers awaited). The others start afresh with each load.
+    pub pinned: bool,
+}
+
+const fn spec(name: &'static str, key_size: usize, value_size: usize, pinned: bool) -> MapSpec {
+    MapSpec {
+        name,
+        key_size,
+        value_size,
+        pinned,
+    }
+}
+
+/// The size of an `UNTRACKED` slot, in 8-byte words: the largest value handed through it.
+pub const UNTRACKED_WORDS: usize = 6;
+/// The slip reply's checksum scratch: a 36-byte pseudo-header, the UDP header, the
+/// longest reply (12-byte header, 256-byte name, type and class) and 4 bytes of padding.
+pub const SLIP_SCRATCH_LEN: usize = 36 + 8 + (12 + 256 + 4) + 4;
+
+/// An array index.
+const INDEX: usize = size_of::<u32>();
+/// An LPM trie key: prefix length, then the address.
+const LPM_V4: usize = INDEX + 4;
+const LPM_V6: usize = INDEX + 16;
+/// A time (ns): GCRA states, expiries.
+const TIME: usize = size_of::<u64>();
+
+pub const CONFIG: MapSpec = spec("CONFIG", INDEX, size_of::<Config>(), true);
+pub const CONFIG_SLOT: MapSpec = spec("CONFIG_SLOT", INDEX, INDEX, true);
+pub const COUNTERS: MapSpec = spec("COUNTERS", INDEX, size_of::<Counters>(), true);
+pub const EGRESS_COUNTERS: MapSpec =
+    spec("EGRESS_COUNTERS", INDEX, size_of::<EgressCounters>(), true);
+pub const SOURCES: MapSpec = spec(
+    "SOURCES",
+    size_of::<SourceKey>(),
+    size_of::<SourceState>(),
+    true,
+);
+pub const LIST_V4: MapSpec = spec("LIST_V4", LPM_V4, size_of::<ListEntry>(), true);
+pub const LIST_V6: MapSpec = spec("LIST_V6", LPM_V6, size_of::<ListEntry>(), true);
+pub const AWAITED: MapSpec = spec(
+    "AWAITED",
+    size_of::<AwaitedKey>(),
+    size_of::<AwaitedState>(),
+    true,
+);
+pub const FRAGMENTS: MapSpec = spec("FRAGMENTS", size_of::<FragmentKey>(), TIME, true);
+pub const BUDGET: MapSpec = spec("BUDGET", INDEX, TIME, false);
+pub const SLIP_CAP: MapSpec = spec("SLIP_CAP", INDEX, TIME, false);
+pub const SLIP_PREFIX_CAPS: MapSpec = spec("SLIP_PREFIX_CAPS", INDEX, TIME, false);
+pub const UNTRACKED: MapSpec = spec("UNTRACKED", INDEX, UNTRACKED_WORDS * 8, false);
+pub const SCRATCH: MapSpec = spec("SCRATCH", INDEX, SLIP_SCRATCH_LEN, false);
+/// aya-log's ring buffer (no key or value).
+pub const AYA_LOGS: MapSpec = spec("AYA_LOGS", 0, 0, false);
+
+/// Every map of the production object.
+pub const MAPS: [MapSpec; 15] = [
+    CONFIG,
+    CONFIG_SLOT,
+    COUNTERS,
+    EGRESS_COUNTERS,
+    SOURCES,
+    LIST_V4,
+    LIST_V6,
+    AWAITED,
+    FRAGMENTS,
+    BUDGET,
+    SLIP_CAP,
+    SLIP_PREFIX_CAPS,
+    UNTRACKED,
+    SCRATCH,
+    AYA_LOGS,
+];
+
+/// The maps a loader pins.
+pub fn pinned() -> impl Iterator<Item = MapSpec> {
+    MAPS.into_iter().filter(|map| map.pinned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_distinct_and_the_persistent_state_is_pinned() {
+        for (index, map) in MAPS.iter().enumerate() {
+            assert!(MAPS[index + 1..].iter().all(|other| other.name != map.name));
+        }
+        let pinned: [&str; 9] = core::array::from_fn(|index| pinned().nth(index).unwrap().name);
+        assert_eq!(
+            pinned,
+            [
+                "CONFIG",
+                "CONFIG_SLOT",
+                "COUNTERS",
+                "EGRESS_COUNTERS",
+                "SOURCES",
+                "LIST_V4",
+                "LIST_V6",
+                "AWAITED",
+                "FRAGMENTS"
+            ]
+        );
+    }
+}
