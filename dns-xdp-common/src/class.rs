@@ -1,6 +1,6 @@
 //! What a parsed frame is: its class, from its transport and ports.
 
-use crate::{Counter, PortSet};
+use crate::{Counter, Family, PortSet};
 
 /// Transport protocol of a parsed packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,12 +16,12 @@ pub enum Class {
     /// To a DNS port.
     Query {
         l4: L4,
-        ipv6: bool,
+        family: Family,
     },
     /// From a DNS port (and not to one).
     Answer {
         l4: L4,
-        ipv6: bool,
+        family: Family,
     },
     NonDns,
     Malformed,
@@ -32,11 +32,11 @@ impl Class {
     /// Classifies a UDP/TCP packet by its ports: the destination port wins, so a packet
     /// between two DNS ports is a query.
     #[inline(always)]
-    pub fn of_ports(ports: &PortSet, l4: L4, ipv6: bool, src_port: u16, dst_port: u16) -> Self {
+    pub fn of_ports(ports: &PortSet, l4: L4, family: Family, src_port: u16, dst_port: u16) -> Self {
         if ports.contains(dst_port) {
-            Class::Query { l4, ipv6 }
+            Class::Query { l4, family }
         } else if ports.contains(src_port) {
-            Class::Answer { l4, ipv6 }
+            Class::Answer { l4, family }
         } else {
             Class::NonDns
         }
@@ -48,35 +48,35 @@ impl Class {
         match self {
             Class::Query {
                 l4: L4::Udp,
-                ipv6: false,
+                family: Family::V4,
             } => Counter::QueryUdp4,
             Class::Query {
                 l4: L4::Udp,
-                ipv6: true,
+                family: Family::V6,
             } => Counter::QueryUdp6,
             Class::Query {
                 l4: L4::Tcp,
-                ipv6: false,
+                family: Family::V4,
             } => Counter::QueryTcp4,
             Class::Query {
                 l4: L4::Tcp,
-                ipv6: true,
+                family: Family::V6,
             } => Counter::QueryTcp6,
             Class::Answer {
                 l4: L4::Udp,
-                ipv6: false,
+                family: Family::V4,
             } => Counter::AnswerUdp4,
             Class::Answer {
                 l4: L4::Udp,
-                ipv6: true,
+                family: Family::V6,
             } => Counter::AnswerUdp6,
             Class::Answer {
                 l4: L4::Tcp,
-                ipv6: false,
+                family: Family::V4,
             } => Counter::AnswerTcp4,
             Class::Answer {
                 l4: L4::Tcp,
-                ipv6: true,
+                family: Family::V6,
             } => Counter::AnswerTcp6,
             Class::NonDns => Counter::NonDns,
             Class::Malformed => Counter::Malformed,
@@ -95,26 +95,26 @@ mod tests {
     fn destination_port_wins_over_source_port() {
         let mut ports = PortSet::EMPTY;
         ports.insert(53);
-        let class = |sport, dport| Class::of_ports(&ports, L4::Udp, false, sport, dport);
+        let class = |sport, dport| Class::of_ports(&ports, L4::Udp, Family::V4, sport, dport);
         assert_eq!(
             class(40000, 53),
             Class::Query {
                 l4: L4::Udp,
-                ipv6: false
+                family: Family::V4
             }
         );
         assert_eq!(
             class(53, 53),
             Class::Query {
                 l4: L4::Udp,
-                ipv6: false
+                family: Family::V4
             }
         );
         assert_eq!(
             class(53, 40000),
             Class::Answer {
                 l4: L4::Udp,
-                ipv6: false
+                family: Family::V4
             }
         );
         assert_eq!(class(40000, 40001), Class::NonDns);
@@ -124,9 +124,9 @@ mod tests {
     fn classes_map_to_distinct_counters_other_than_packets() {
         let mut seen = std::vec::Vec::new();
         for l4 in [L4::Udp, L4::Tcp] {
-            for ipv6 in [false, true] {
-                seen.push(Class::Query { l4, ipv6 }.counter());
-                seen.push(Class::Answer { l4, ipv6 }.counter());
+            for family in [Family::V4, Family::V6] {
+                seen.push(Class::Query { l4, family }.counter());
+                seen.push(Class::Answer { l4, family }.counter());
             }
         }
         seen.extend([Class::NonDns, Class::Malformed, Class::Fragment].map(Class::counter));

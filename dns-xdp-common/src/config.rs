@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::{Limit, PortSet};
+use crate::{Family, Limit, PortSet};
 
 /// Config flag: count would-be drops, drop nothing.
 pub const FLAG_DRY_RUN: u16 = 1;
@@ -138,10 +138,28 @@ impl Config {
         self.flags & FLAG_BACKENDING != 0
     }
 
-    /// Whether the allow/deny list of this family has entries to look up.
+    /// Whether the allow/deny list of `family` has entries to look up.
     #[inline(always)]
-    pub const fn has_list(&self, ipv6: bool) -> bool {
-        self.flags & if ipv6 { FLAG_LIST_V6 } else { FLAG_LIST_V4 } != 0
+    pub const fn has_list(&self, family: Family) -> bool {
+        self.flags & list_flag(family) != 0
+    }
+
+    /// Records whether the allow/deny list of `family` has entries.
+    pub fn set_list(&mut self, family: Family, listed: bool) {
+        if listed {
+            self.flags |= list_flag(family);
+        } else {
+            self.flags &= !list_flag(family);
+        }
+    }
+}
+
+/// The config flag saying that `family`'s list has entries.
+#[inline(always)]
+pub const fn list_flag(family: Family) -> u16 {
+    match family {
+        Family::V4 => FLAG_LIST_V4,
+        Family::V6 => FLAG_LIST_V6,
     }
 }
 

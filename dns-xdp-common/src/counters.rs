@@ -2,7 +2,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::{Class, L4, MAX_LEVELS};
+use crate::{Class, Family, L4, MAX_LEVELS};
 
 /// Declares a counter index enum (with `ALL` and `name()`) and the `#[repr(C)]` array of
 /// one CPU's counters indexed by it, so adding a counter is one line.
@@ -212,35 +212,35 @@ impl EgressCounter {
         Some(match class {
             Class::Answer {
                 l4: L4::Udp,
-                ipv6: false,
+                family: Family::V4,
             } => (ResponseUdp4Packets, ResponseUdp4Bytes),
             Class::Answer {
                 l4: L4::Udp,
-                ipv6: true,
+                family: Family::V6,
             } => (ResponseUdp6Packets, ResponseUdp6Bytes),
             Class::Answer {
                 l4: L4::Tcp,
-                ipv6: false,
+                family: Family::V4,
             } => (ResponseTcp4Packets, ResponseTcp4Bytes),
             Class::Answer {
                 l4: L4::Tcp,
-                ipv6: true,
+                family: Family::V6,
             } => (ResponseTcp6Packets, ResponseTcp6Bytes),
             Class::Query {
                 l4: L4::Udp,
-                ipv6: false,
+                family: Family::V4,
             } => (UpstreamUdp4Packets, UpstreamUdp4Bytes),
             Class::Query {
                 l4: L4::Udp,
-                ipv6: true,
+                family: Family::V6,
             } => (UpstreamUdp6Packets, UpstreamUdp6Bytes),
             Class::Query {
                 l4: L4::Tcp,
-                ipv6: false,
+                family: Family::V4,
             } => (UpstreamTcp4Packets, UpstreamTcp4Bytes),
             Class::Query {
                 l4: L4::Tcp,
-                ipv6: true,
+                family: Family::V6,
             } => (UpstreamTcp6Packets, UpstreamTcp6Bytes),
             _ => return None,
         })
@@ -301,8 +301,8 @@ mod tests {
     fn every_dns_class_has_distinct_egress_counters() {
         let mut seen = std::vec::Vec::new();
         for l4 in [L4::Udp, L4::Tcp] {
-            for ipv6 in [false, true] {
-                for class in [Class::Query { l4, ipv6 }, Class::Answer { l4, ipv6 }] {
+            for family in [Family::V4, Family::V6] {
+                for class in [Class::Query { l4, family }, Class::Answer { l4, family }] {
                     let (packets, bytes) = EgressCounter::for_class(class).unwrap();
                     let stem = packets.name().strip_suffix("_packets").unwrap();
                     assert_eq!(bytes.name().strip_suffix("_bytes"), Some(stem));

@@ -14,6 +14,37 @@ pub const MAX_LIST_ENTRIES: u32 = 16_384;
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 
+/// An address family: what a key's `family` byte, a list and a flag are of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// The family of a parsed packet (`ipv6`: its IP header is version 6).
+    #[inline(always)]
+    pub const fn of_ipv6(ipv6: bool) -> Self {
+        if ipv6 { Self::V6 } else { Self::V4 }
+    }
+
+    pub const fn of(addr: &core::net::IpAddr) -> Self {
+        match addr {
+            core::net::IpAddr::V4(_) => Self::V4,
+            core::net::IpAddr::V6(_) => Self::V6,
+        }
+    }
+
+    /// The `family` byte of map keys.
+    #[inline(always)]
+    pub const fn code(self) -> u8 {
+        match self {
+            Self::V4 => FAMILY_V4,
+            Self::V6 => FAMILY_V6,
+        }
+    }
+}
+
 /// Key of the `SOURCES` map: a source prefix. `level` leaves room for several prefix
 /// levels limited at once (e.g. /32 and /24, each with its own bucket).
 #[repr(C)]
@@ -130,7 +161,7 @@ impl AwaitedKey {
         remote_port: u16,
         local_port: u16,
         id: u16,
-        ipv6: bool,
+        family: Family,
         tcp: bool,
     ) -> Self {
         Self {
@@ -138,7 +169,7 @@ impl AwaitedKey {
             remote_port,
             local_port,
             id,
-            family: if ipv6 { FAMILY_V6 } else { FAMILY_V4 },
+            family: family.code(),
             tcp: tcp as u8,
         }
     }
@@ -178,11 +209,11 @@ pub struct FragmentKey {
 impl FragmentKey {
     /// The record of the datagram with IP identification `id` from `remote`.
     #[inline(always)]
-    pub const fn new(remote: [u8; 16], id: u32, ipv6: bool) -> Self {
+    pub const fn new(remote: [u8; 16], id: u32, family: Family) -> Self {
         Self {
             remote,
             id,
-            family: if ipv6 { FAMILY_V6 } else { FAMILY_V4 },
+            family: family.code(),
             _reserved: [0; 3],
         }
     }

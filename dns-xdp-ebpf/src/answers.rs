@@ -37,7 +37,7 @@ pub(crate) fn admit_answer(
         transport.src_port,
         transport.dst_port,
         id,
-        transport.ipv6,
+        transport.family,
         tcp,
     );
     // SAFETY: a helper without arguments.
@@ -49,7 +49,7 @@ pub(crate) fn admit_answer(
     if !tcp {
         let _ = AWAITED.remove(key);
         if transport.first_fragment {
-            let fragment = FragmentKey::new(remote, transport.fragment_id, transport.ipv6);
+            let fragment = FragmentKey::new(remote, transport.fragment_id, transport.family);
             let _ = FRAGMENTS.insert(fragment, now + FRAGMENT_WINDOW_NS, 0);
         }
     }
@@ -78,7 +78,7 @@ pub(crate) fn admit_fragment(
     counters: &mut Counters,
 ) -> u32 {
     if let Some(remote) = frame.source_address(transport) {
-        let key = FragmentKey::new(remote, transport.fragment_id, transport.ipv6);
+        let key = FragmentKey::new(remote, transport.fragment_id, transport.family);
         // SAFETY: a helper without arguments.
         let now = unsafe { bpf_ktime_get_ns() };
         if FRAGMENTS.get_ptr(key).is_some_and(|expires| {

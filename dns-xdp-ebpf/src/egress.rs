@@ -68,7 +68,7 @@ pub(crate) fn track_server_segment(frame: &Frame, transport: &Transport) -> Opti
         transport.dst_port,
         transport.src_port,
         0,
-        transport.ipv6,
+        transport.family,
         true,
     );
     let flags = transport.tcp_flags;
@@ -136,7 +136,7 @@ pub(crate) fn await_answer(frame: &Frame, transport: &Transport) -> Option<()> {
         transport.dst_port,
         transport.src_port,
         id,
-        transport.ipv6,
+        transport.family,
         tcp,
     );
     // SAFETY: a helper without arguments.

@@ -8,7 +8,7 @@
 
 use core::mem::size_of;
 
-use dns_xdp_common::{Class, DNS_HEADER_LEN, L4, PortSet};
+use dns_xdp_common::{Class, DNS_HEADER_LEN, Family, L4, PortSet};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -50,7 +50,7 @@ const MAX_HEADER_OFFSET: usize = 0x3fff;
 #[derive(Clone, Copy)]
 pub struct Transport {
     pub l4: L4,
-    pub ipv6: bool,
+    pub family: Family,
     /// Offset of the IP header, to read the source address when it is needed.
     pub l3: usize,
     /// Offset and length of the transport payload (UDP: the DNS message).
@@ -78,7 +78,7 @@ impl Transport {
         if self.later_fragment {
             return Class::Fragment;
         }
-        Class::of_ports(ports, self.l4, self.ipv6, self.src_port, self.dst_port)
+        Class::of_ports(ports, self.l4, self.family, self.src_port, self.dst_port)
     }
 
     /// This transport as plain integers, to store in a map.
@@ -88,7 +88,7 @@ impl Transport {
             l3: self.l3 as u32,
             payload: self.payload as u32,
             payload_len: self.payload_len as u32,
-            bits: u32::from(self.ipv6)
+            bits: u32::from(self.family == Family::V6)
                 | u32::from(self.l4 == L4::Tcp) << 1
                 | u32::from(self.syn) << 2
                 | u32::from(self.first_fragment) << 3
@@ -110,7 +110,7 @@ impl Transport {
             } else {
                 L4::Udp
             },
-            ipv6: stored.bits & 1 != 0,
+            family: Family::of_ipv6(stored.bits & 1 != 0),
             l3: stored.l3 as usize,
             payload: stored.payload as usize,
             payload_len: stored.payload_len as usize,
@@ -163,7 +163,7 @@ struct IpPayload {
     offset: usize,
     end: usize,
     protocol: u8,
-    ipv6: bool,
+    family: Family,
     /// Carries the first fragment of a datagram: the UDP length covers more than this frame.
     first_fragment: bool,
     /// Carries a later fragment: no transport header.
@@ -253,7 +253,7 @@ impl Frame {
     #[inline(always)]
     pub fn source_address(&self, transport: &Transport) -> Option<[u8; 16]> {
         let mut address = [0u8; 16];
-        if transport.ipv6 {
+        if transport.family == Family::V6 {
             address = self.ipv6_source(transport.l3).ok()?;
         } else {
             address[..4].copy_from_slice(&self.ipv4_source(transport.l3).ok()?);
@@ -265,7 +265,7 @@ impl Frame {
     #[inline(always)]
     pub fn destination_address(&self, transport: &Transport) -> Option<[u8; 16]> {
         let mut address = [0u8; 16];
-        if transport.ipv6 {
+        if transport.family == Family::V6 {
             address = self.ipv6_destination(transport.l3).ok()?;
         } else {
             address[..4].copy_from_slice(&self.ipv4_destination(transport.l3).ok()?);
@@ -308,7 +308,7 @@ impl Frame {
         if ip.later_fragment {
             return Ok(Transport {
                 l4: L4::Udp,
-                ipv6: ip.ipv6,
+                family: ip.family,
                 l3: ip.l3,
                 payload: ip.offset,
                 payload_len: ip.end - ip.offset,
@@ -365,7 +365,7 @@ impl Frame {
             offset: l3 + header_len,
             end: l3 + total_len,
             protocol: ip.proto,
-            ipv6: false,
+            family: Family::V4,
             first_fragment: false,
             later_fragment: false,
             fragment_id: u32::from(be16(ip.id)),
@@ -437,7 +437,7 @@ impl Frame {
                         offset,
                         end,
                         protocol,
-                        ipv6: true,
+                        family: Family::V6,
                         first_fragment: fragmented && !later_fragment,
                         later_fragment,
                         fragment_id,
@@ -484,7 +484,7 @@ impl Frame {
         };
         Ok(Transport {
             l4: L4::Udp,
-            ipv6: ip.ipv6,
+            family: ip.family,
             l3: ip.l3,
             payload,
             payload_len,
@@ -511,7 +511,7 @@ impl Frame {
         let flags = self.header::<[u8; TcpHdr::LEN]>(ip.offset)?[13];
         Ok(Transport {
             l4: L4::Tcp,
-            ipv6: ip.ipv6,
+            family: ip.family,
             l3: ip.l3,
             payload: ip.offset + header_len,
             payload_len: ip.end - ip.offset - header_len,

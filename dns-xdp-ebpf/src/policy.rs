@@ -13,10 +13,10 @@ use aya_ebpf::programs::XdpContext;
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 use dns_xdp_common::tcp::{MAX_SEGMENT_COST, TcpStream};
 use dns_xdp_common::{
-    BUCKET_TCP_CONNECT, BUCKET_TCP_DATA, BUCKET_UDP, Config, Counter, Counters, L4, LIST_ALLOW,
-    Level, Limit, ListEntry, MAX_LEVELS, SLIP_PREFIX_SLOTS, SLIP_V4_PREFIX, SLIP_V6_PREFIX,
-    SourceKey, SourceState, budget_gcra, gcra_ceiling, gcra_charge, is_heavy, query_defect,
-    slip_prefix_hash,
+    BUCKET_TCP_CONNECT, BUCKET_TCP_DATA, BUCKET_UDP, Config, Counter, Counters, Family, L4,
+    LIST_ALLOW, Level, Limit, ListEntry, MAX_LEVELS, SLIP_PREFIX_SLOTS, SLIP_V4_PREFIX,
+    SLIP_V6_PREFIX, SourceKey, SourceState, budget_gcra, gcra_ceiling, gcra_charge, is_heavy,
+    query_defect, slip_prefix_hash,
 };
 
 /// Compare-and-swap attempts on one bucket before a query is refused as contended. Each
@@ -36,8 +36,8 @@ impl Source {
     #[inline(always)]
     fn listed(&self, config: &Config) -> Option<&'static ListEntry> {
         match self {
-            Source::V4(addr) if config.has_list(false) => LIST_V4.get(Key::new(32, *addr)),
-            Source::V6(addr) if config.has_list(true) => LIST_V6.get(Key::new(128, *addr)),
+            Source::V4(addr) if config.has_list(Family::V4) => LIST_V4.get(Key::new(32, *addr)),
+            Source::V6(addr) if config.has_list(Family::V6) => LIST_V6.get(Key::new(128, *addr)),
             _ => None,
         }
     }
@@ -124,10 +124,10 @@ pub(crate) fn police_source(
     bucket: u8,
     cost: u64,
 ) -> u32 {
-    if !config.metered() && !config.has_list(transport.ipv6) {
+    if !config.metered() && !config.has_list(transport.family) {
         return xdp_action::XDP_PASS;
     }
-    let source = if transport.ipv6 {
+    let source = if transport.family == Family::V6 {
         frame.ipv6_source(transport.l3).map(Source::V6)
     } else {
         frame.ipv4_source(transport.l3).map(Source::V4)

@@ -27,7 +27,7 @@ pub(crate) fn accepted_connection(
         transport.src_port,
         transport.dst_port,
         0,
-        transport.ipv6,
+        transport.family,
         true,
     );
     let state = AWAITED.get_ptr_mut(key)?;

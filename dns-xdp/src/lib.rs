@@ -5,6 +5,7 @@ pub mod conntrack;
 pub mod maps;
 pub mod metrics;
 pub mod options;
+pub mod patch;
 pub mod pins;
 pub mod programs;
 pub mod report;

@@ -13,14 +13,13 @@ use dns_xdp::{
     maps::Maps,
     metrics,
     options::{Options, parse_interval},
+    patch::{ConfigPatch, RateOrOff},
     programs::{DEFAULT_PIN_ROOT, detach_pinned, if_index, pin_dir},
     report::{Event, Report, rates},
-    settings::{IpNet, Levels, Rate, Settings, parse_cidr},
+    settings::{IpNet, Levels, Rate, parse_cidr},
     status::{self, Status},
 };
-use dns_xdp_common::{
-    Counters, DNS_PORT, FLAG_BACKENDING, FLAG_DRY_RUN, FLAG_SANITY, Level, Limit,
-};
+use dns_xdp_common::{Counters, DNS_PORT};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -57,6 +56,24 @@ enum Command {
     Deny(ListArgs),
     /// Remove everything dns-xdp has on an interface: programs, rules, pins.
     Detach(InstanceArgs),
+    /// Write the manual pages (dns-xdp.1 and one per command) into a directory.
+    Man(ManArgs),
+    /// Print a shell completion script.
+    Completions(CompletionsArgs),
+}
+
+#[derive(clap::Args)]
+struct ManArgs {
+    /// Where to write the pages.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    dir: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
 }
 
 #[derive(clap::Args)]
@@ -80,6 +97,7 @@ struct RunArgs {
 /// Which running instance a command talks to.
 #[derive(clap::Args)]
 struct InstanceArgs {
+    /// The interface whose instance to reach (it need not exist any more).
     #[arg(long, short)]
     iface: String,
     /// Directory (on a bpffs) holding one pin directory per interface.
@@ -110,6 +128,7 @@ struct StatusArgs {
     /// DNS ports to check the filter rules for (default: the instance's).
     #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     ports: Vec<u16>,
+    /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -125,6 +144,7 @@ struct WatchArgs {
     /// Sources to list.
     #[arg(long, short = 'n', value_name = "N", default_value_t = 10)]
     top: usize,
+    /// Print JSON (one object per line with --watch) instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -135,21 +155,26 @@ struct SetArgs {
     instance: InstanceArgs,
     /// Per-source query rate (N, N/s, N/min, N/hour), or `off`.
     #[arg(long, value_name = "RATE")]
-    rate: Option<String>,
-    /// Burst of the per-source buckets.
-    #[arg(long, value_name = "N")]
+    rate: Option<RateOrOff>,
+    /// Burst of the per-source buckets (alone: keeps the live rate).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     burst: Option<u32>,
-    #[arg(long, value_name = "BITS")]
+    /// Prefix length that makes an IPv4 source (0-32).
+    #[arg(long, value_name = "BITS", value_parser = clap::value_parser!(u8).range(0..=32))]
     v4_prefix: Option<u8>,
-    #[arg(long, value_name = "BITS")]
+    /// Prefix length that makes an IPv6 source (0-128).
+    #[arg(long, value_name = "BITS", value_parser = clap::value_parser!(u8).range(0..=128))]
     v6_prefix: Option<u8>,
+    /// Count what would be dropped, drop nothing.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     dry_run: Option<bool>,
+    /// Refuse UDP to a DNS port that cannot be a query.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     dns_sanity: Option<bool>,
     /// Admit only answers to this host's own queries; `false` drops every answer.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     backending: Option<bool>,
+    /// Opcodes a query may carry (QUERY, NOTIFY, UPDATE, ... or numbers).
     #[arg(long, value_name = "LIST", value_parser = dns_xdp::settings::parse_opcodes)]
     opcodes: Option<u16>,
     /// Answer one in N rate-limited UDP queries with a truncated reply; 0: never.
@@ -166,7 +191,7 @@ struct SetArgs {
     levels: Option<Levels>,
     /// Server budget (N, N/s, N/min), or `off`.
     #[arg(long, value_name = "RATE")]
-    budget: Option<String>,
+    budget: Option<RateOrOff>,
     /// Burst of the server budget [default: a tenth of a second of --budget].
     #[arg(long, value_name = "N", requires = "budget")]
     budget_burst: Option<u32>,
@@ -182,6 +207,7 @@ struct ListArgs {
 enum ListAction {
     /// Add a prefix (CIDR, or a single address).
     Add {
+        /// An IPv4 or IPv6 prefix (`198.18.0.0/24`, `2001:db8::/32`) or address.
         #[arg(value_parser = parse_cidr)]
         prefix: IpNet,
         #[command(flatten)]
@@ -189,6 +215,7 @@ enum ListAction {
     },
     /// Remove a prefix.
     Del {
+        /// An IPv4 or IPv6 prefix (`198.18.0.0/24`, `2001:db8::/32`) or address.
         #[arg(value_parser = parse_cidr)]
         prefix: IpNet,
         #[command(flatten)]
@@ -198,6 +225,7 @@ enum ListAction {
     List {
         #[command(flatten)]
         instance: InstanceArgs,
+        /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -233,6 +261,16 @@ fn main() -> ExitCode {
         Command::Allow(args) => list(args.action, true),
         Command::Deny(args) => list(args.action, false),
         Command::Detach(args) => detach(&args),
+        Command::Man(args) => manual(&args.dir),
+        Command::Completions(args) => {
+            clap_complete::generate(
+                args.shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "dns-xdp",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -242,6 +280,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The manual pages, from the same definitions as `--help`: one for `dns-xdp`, one per
+/// command (`dns-xdp-attach.1`...).
+fn manual(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let command = <Cli as clap::CommandFactory>::command();
+    clap_mangen::generate_to(command, dir)
+        .with_context(|| format!("writing the manual pages into {}", dir.display()))?;
+    println!("manual pages written to {}", dir.display());
+    Ok(())
 }
 
 fn require_root() -> anyhow::Result<()> {
@@ -456,99 +505,24 @@ async fn watch(args: &WatchArgs, top_only: bool) -> anyhow::Result<()> {
 }
 
 fn set(args: &SetArgs) -> anyhow::Result<()> {
+    let patch = ConfigPatch {
+        rate: args.rate,
+        burst: args.burst,
+        v4_prefix: args.v4_prefix,
+        v6_prefix: args.v6_prefix,
+        dry_run: args.dry_run,
+        dns_sanity: args.dns_sanity,
+        backending: args.backending,
+        opcodes: args.opcodes,
+        slip: args.slip,
+        slip_cap: args.slip_cap,
+        slip_prefix_cap: args.slip_prefix_cap,
+        levels: args.levels.clone(),
+        budget: args.budget,
+        budget_burst: args.budget_burst,
+    };
     let mut maps = args.instance.maps()?;
-    let mut config = maps.config()?;
-    let base = &mut config.levels[0];
-    let burst = match args.burst {
-        Some(0) => bail!("--burst must be at least 1"),
-        Some(burst) => u64::from(burst),
-        None => base.limit.burst().max(1),
-    };
-    base.limit = match args.rate.as_deref() {
-        Some("off") => Limit::OFF,
-        Some(text) => {
-            let rate: Rate = text
-                .parse()
-                .map_err(|error: String| anyhow::anyhow!("--rate {text}: {error}"))?;
-            Limit::new(rate.packets, rate.period_ns, burst)
-                .context("--rate with this burst is out of range")?
-        }
-        // Only the burst changes: keep the exact interval.
-        None if base.limit.is_on() => {
-            Limit::new(1, base.limit.interval_ns, burst).context("--burst out of range")?
-        }
-        None if args.burst.is_some() => {
-            bail!("--burst needs a rate: the instance has none; pass --rate")
-        }
-        None => Limit::OFF,
-    };
-    let v4 = args.v4_prefix.unwrap_or(base.v4_prefix_len);
-    let v6 = args.v6_prefix.unwrap_or(base.v6_prefix_len);
-    if v4 > 32 {
-        bail!("--v4-prefix {v4}: an IPv4 prefix has 0 to 32 bits");
-    }
-    if v6 > 128 {
-        bail!("--v6-prefix {v6}: an IPv6 prefix has 0 to 128 bits");
-    }
-    *base = Level::new(v4, v6, base.limit);
-    if let Some(levels) = &args.levels {
-        let settings = Settings {
-            levels: levels.clone(),
-            ..Settings::default()
-        };
-        let specs = settings.aggregate_levels();
-        if matches!(levels, Levels::Auto) {
-            bail!("--levels auto needs the start-up --rate; give the levels explicitly");
-        }
-        for (index, slot) in config.levels[1..].iter_mut().enumerate() {
-            *slot = match specs.get(index) {
-                Some(spec) => Level::new(
-                    spec.v4_prefix,
-                    spec.v6_prefix,
-                    Limit::new(
-                        spec.rate.packets,
-                        spec.rate.period_ns,
-                        u64::from(spec.burst),
-                    )
-                    .with_context(|| format!("--levels {spec}: out of range"))?,
-                ),
-                None => Level::default(),
-            };
-        }
-    }
-    for (on, flag) in [
-        (args.dry_run, FLAG_DRY_RUN),
-        (args.dns_sanity, FLAG_SANITY),
-        (args.backending, FLAG_BACKENDING),
-    ] {
-        match on {
-            Some(true) => config.flags |= flag,
-            Some(false) => config.flags &= !flag,
-            None => {}
-        }
-    }
-    if let Some(opcodes) = args.opcodes {
-        config.allowed_opcodes = opcodes;
-    }
-    if let Some(slip) = args.slip {
-        config.slip = slip;
-    }
-    if let Some(cap) = args.slip_cap {
-        config.slip_cap = dns_xdp::settings::slip_cap_limit(cap)?;
-    }
-    if let Some(cap) = args.slip_prefix_cap {
-        config.slip_prefix_cap = dns_xdp::settings::slip_cap_limit(cap)?;
-    }
-    if let Some(budget) = &args.budget {
-        let budget = match budget.as_str() {
-            "off" => None,
-            rate => Some(
-                rate.parse::<Rate>()
-                    .map_err(|error| anyhow::anyhow!("--budget: {error}"))?,
-            ),
-        };
-        config.budget = dns_xdp::settings::budget_limit(budget, args.budget_burst)?;
-    }
+    let config = patch.apply(&maps.config()?)?;
     maps.set_config(&config)?;
     println!("{}: {}", args.instance.iface, status::config_json(&config));
     Ok(())
@@ -642,4 +616,35 @@ fn detach(args: &InstanceArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    /// Every command and every flag says what it does, in `--help` and the manual.
+    #[test]
+    fn every_command_and_flag_has_a_help_line() {
+        fn check(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if arg.get_help().is_none() && !matches!(id, "help" | "version") {
+                    missing.push(format!("{path} --{}", arg.get_long().unwrap_or(id)));
+                }
+            }
+            for sub in command.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(path.clone());
+                }
+                check(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        check(&Cli::command(), "dns-xdp", &mut missing);
+        assert!(missing.is_empty(), "no help line: {missing:#?}");
+        Cli::command().debug_assert();
+    }
 }

@@ -18,7 +18,7 @@ use aya::{
 
 use crate::{
     conntrack,
-    maps::{Maps, PINNED_MAPS, check_pinned_layout},
+    maps::{Maps, check_pinned_layout, pinned_maps},
     pins::{self, InstanceLock},
     settings::Settings,
 };
@@ -96,7 +96,7 @@ impl Programs {
         loader.map_max_entries("SOURCES", settings.table_size);
         if let Some(dir) = pins {
             check_pinned_layout(dir)?;
-            for name in PINNED_MAPS {
+            for name in pinned_maps() {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
@@ -406,23 +406,30 @@ fn attach_error(error: ProgramError, iface: &str, mode: Mode) -> anyhow::Error {
 }
 
 fn load_hint(error: &aya::EbpfError) -> &'static str {
-    let text = error.to_string();
-    if text.contains("Operation not permitted") {
-        "; loading eBPF needs root (CAP_BPF and CAP_NET_ADMIN)"
-    } else if text.contains("Function not implemented") {
-        "; this kernel has no BPF support (CONFIG_BPF_SYSCALL)"
-    } else {
-        ""
+    match errno(error) {
+        Some(libc::EPERM) => "; loading eBPF needs root (CAP_BPF and CAP_NET_ADMIN)",
+        Some(libc::ENOSYS) => "; this kernel has no BPF support (CONFIG_BPF_SYSCALL)",
+        _ => "",
     }
 }
 
+/// The errno behind `error`: the first I/O error in its chain of sources.
+fn errno(error: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut next = Some(error);
+    while let Some(current) = next {
+        if let Some(code) = current
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+        {
+            return Some(code);
+        }
+        next = current.source();
+    }
+    None
+}
+
 fn program_load_hint(error: &ProgramError) -> &'static str {
-    match os_error(error).or_else(|| {
-        let ProgramError::LoadError { io_error, .. } = error else {
-            return None;
-        };
-        io_error.raw_os_error()
-    }) {
+    match os_error(error).or_else(|| errno(error)) {
         Some(libc::EPERM) => "; loading eBPF needs root (CAP_BPF and CAP_NET_ADMIN)",
         Some(libc::ENOSYS) => "; this kernel has no BPF support (CONFIG_BPF_SYSCALL)",
         Some(libc::EINVAL) => "; this kernel may lack XDP support",

@@ -4,9 +4,9 @@ use std::{fmt, net::IpAddr, str::FromStr};
 
 use anyhow::{Context as _, bail, ensure};
 use dns_xdp_common::{
-    Config, DEFAULT_OPCODES, DEFAULT_TABLE_SIZE, FLAG_BACKENDING, FLAG_DRY_RUN, FLAG_LIST_V4,
-    FLAG_LIST_V6, FLAG_SANITY, Level, Limit, MAX_LEVELS, MAX_LIST_ENTRIES, NS_PER_SEC,
-    OPCODE_NOTIFY, OPCODE_QUERY, OPCODE_UPDATE, PortSet,
+    Config, DEFAULT_OPCODES, DEFAULT_TABLE_SIZE, FLAG_BACKENDING, FLAG_DRY_RUN, FLAG_SANITY,
+    Family, Level, Limit, MAX_LEVELS, MAX_LIST_ENTRIES, NS_PER_SEC, OPCODE_NOTIFY, OPCODE_QUERY,
+    OPCODE_UPDATE, PortSet, list_flag,
 };
 pub use ipnet::IpNet;
 
@@ -424,19 +424,19 @@ impl Settings {
     }
 
     fn flags(&self) -> u16 {
-        let listed = |v4: bool| {
+        let listed = |family: Family| {
             self.allow
                 .iter()
                 .chain(&self.deny)
-                .any(|net| matches!(net, IpNet::V4(_)) == v4)
+                .any(|net| Family::of(&net.addr()) == family)
         };
         let mut flags = 0;
         for (on, flag) in [
             (self.dry_run, FLAG_DRY_RUN),
             (self.dns_sanity, FLAG_SANITY),
             (self.backending, FLAG_BACKENDING),
-            (listed(true), FLAG_LIST_V4),
-            (listed(false), FLAG_LIST_V6),
+            (listed(Family::V4), list_flag(Family::V4)),
+            (listed(Family::V6), list_flag(Family::V6)),
         ] {
             if on {
                 flags |= flag;
@@ -639,13 +639,13 @@ mod tests {
         assert_eq!(config.levels[2].limit.interval_ns, 100_000_000 / 32);
         assert!(!config.levels[3].limit.is_on());
         assert!(config.dry_run());
-        assert!(!config.has_list(false) && !config.has_list(true));
+        assert!(!config.has_list(Family::V4) && !config.has_list(Family::V6));
         let listed = Settings {
             deny: vec![parse_cidr("2001:db8::/32").unwrap()],
             ..Settings::default()
         };
         let listed = listed.config().unwrap();
-        assert!(!listed.has_list(false) && listed.has_list(true));
+        assert!(!listed.has_list(Family::V4) && listed.has_list(Family::V6));
         assert!(config.dns_ports.contains(853) && !config.dns_ports.contains(54));
         assert!(!Settings::default().config().unwrap().limited());
     }

@@ -10,7 +10,7 @@
 //! - a broken header of a protocol dns-xdp does not read (ICMP, IGMP, ARP, MACsec)
 //!   makes the frame non-DNS, not malformed.
 
-use dns_xdp_common::{Class, L4, PortSet};
+use dns_xdp_common::{Class, Family, L4, PortSet};
 use etherparse::{
     LaxLinkExtSlice, LaxSlicedPacket, NetSlice, SlicedPacket, TcpHeaderSlice, TransportSlice,
     UdpHeaderSlice,
@@ -89,7 +89,7 @@ pub fn classify(frame: &[u8], ports: &PortSet) -> Class {
             _ => return Class::NonDns,
         }
     };
-    Class::of_ports(ports, l4, ipv6, src, dst)
+    Class::of_ports(ports, l4, Family::of_ipv6(ipv6), src, dst)
 }
 
 fn classify_error(error: &SliceError) -> Class {

@@ -127,6 +127,23 @@ fn bad_arguments_name_the_flag() {
             &["attach", "--iface", "lo", "--dry-run=maybe"][..],
             "--dry-run",
         ),
+        // `set` validates its flags as `attach` does, before any instance is opened.
+        (
+            &["set", "--iface", "lo", "--rate", "fast"][..],
+            "'--rate <RATE>'",
+        ),
+        (
+            &["set", "--iface", "lo", "--budget", "0"][..],
+            "'--budget <RATE>'",
+        ),
+        (
+            &["set", "--iface", "lo", "--burst", "0"][..],
+            "'--burst <N>'",
+        ),
+        (
+            &["set", "--iface", "lo", "--v6-prefix", "129"][..],
+            "'--v6-prefix <BITS>'",
+        ),
     ] {
         assert_refused(&dns_xdp(None, args), 2, needle);
     }

@@ -1,7 +1,7 @@
 //! Table-driven BPF_PROG_TEST_RUN fixtures: each crafted frame with its expected verdict
 //! and counter deltas (katran-style). Needs root.
 
-use dns_xdp_common::{Class, Counter, Counters, L4, PortSet};
+use dns_xdp_common::{Class, Counter, Counters, Family, L4, PortSet};
 use dns_xdp_testkit::{
     packet::{DSTOPTS, ETH_P_8021AD, ETH_P_8021Q, HOPOPTS, Layer, ROUTING, build, dns_query},
     reference,
@@ -10,19 +10,19 @@ use dns_xdp_testkit::{
 
 const UDP4: Class = Class::Query {
     l4: L4::Udp,
-    ipv6: false,
+    family: Family::V4,
 };
 const TCP4: Class = Class::Query {
     l4: L4::Tcp,
-    ipv6: false,
+    family: Family::V4,
 };
 const UDP6: Class = Class::Query {
     l4: L4::Udp,
-    ipv6: true,
+    family: Family::V6,
 };
 const TCP6: Class = Class::Query {
     l4: L4::Tcp,
-    ipv6: true,
+    family: Family::V6,
 };
 
 struct Fixture {
@@ -116,7 +116,7 @@ fn fixtures() -> Vec<Fixture> {
             }),
             Class::Answer {
                 l4: L4::Udp,
-                ipv6: false,
+                family: Family::V4,
             },
         ),
         fixture(
@@ -127,7 +127,7 @@ fn fixtures() -> Vec<Fixture> {
             }),
             Class::Answer {
                 l4: L4::Tcp,
-                ipv6: false,
+                family: Family::V4,
             },
         ),
         fixture(
@@ -188,7 +188,7 @@ fn fixtures() -> Vec<Fixture> {
             }]),
             Class::Answer {
                 l4: L4::Tcp,
-                ipv6: true,
+                family: Family::V6,
             },
         ),
         fixture(

@@ -7,7 +7,7 @@ use std::{
 };
 
 use dns_xdp::report::counters_from_json;
-use dns_xdp_common::{Class, Counter, Counters, L4};
+use dns_xdp_common::{Class, Counter, Counters, Family, L4};
 use dns_xdp_testkit::{
     dns::{Client, Responder},
     loader::Loader,
@@ -165,10 +165,11 @@ fn queries_and_answers_over_veth_are_counted_and_ctrl_c_detaches() {
         let get = |counter| counters.get(counter);
         // Queries arrive at the server, answers at the client; never the other way.
         let dns = |query: bool, l4, ipv6| {
+            let family = Family::of_ipv6(ipv6);
             if query {
-                Class::Query { l4, ipv6 }
+                Class::Query { l4, family }
             } else {
-                Class::Answer { l4, ipv6 }
+                Class::Answer { l4, family }
             }
             .counter()
         };
