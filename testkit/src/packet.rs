@@ -205,6 +205,33 @@ fn ipv4_header(
     ip
 }
 
+/// A TCP segment from a client (port 40000) to the server's port 53 over IPv4, with
+/// these flags, sequence and acknowledgement numbers and payload.
+pub fn client_segment(flags: u8, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
+    const TCP: usize = 14 + 20;
+    let mut layers = vec![Layer::Eth, Layer::ipv4(), Layer::tcp(53)];
+    if !payload.is_empty() {
+        layers.push(Layer::Payload(payload.to_vec()));
+    }
+    let mut frame = build(&layers);
+    frame[TCP + 4..TCP + 8].copy_from_slice(&seq.to_be_bytes());
+    frame[TCP + 8..TCP + 12].copy_from_slice(&ack.to_be_bytes());
+    frame[TCP + 13] = flags;
+    frame
+}
+
+/// `count` queries for example.com (IDs 0, 1, ...), each behind its 2-byte length: a
+/// TCP client's pipelined stream (RFC 7766 framing).
+pub fn framed_queries(count: u16) -> Vec<u8> {
+    let mut stream = Vec::new();
+    for id in 0..count {
+        let query = dns_query(id, "example.com");
+        stream.extend((query.len() as u16).to_be_bytes());
+        stream.extend(query);
+    }
+    stream
+}
+
 /// Swaps source and destination (addresses, then ports) of an IPv4 frame without
 /// options or VLAN tags: the frame going the other way.
 pub fn reversed(mut frame: Vec<u8>) -> Vec<u8> {

@@ -8,12 +8,11 @@
 use dns_xdp::{Settings, settings::Levels};
 use dns_xdp_common::{Counter, EgressCounter, tcp::worst_case_messages};
 use dns_xdp_testkit::{
-    packet::{Layer, build, dns_query, reversed},
+    packet::{client_segment, framed_queries, reversed},
     testrun::{Harness, Outcome, XDP_DROP, XDP_PASS},
 };
 
 const IP: usize = 14;
-const TCP: usize = IP + 20;
 
 const FIN: u8 = 0x01;
 const SYN: u8 = 0x02;
@@ -25,39 +24,17 @@ const PSH_ACK: u8 = 0x18;
 const CLIENT_ISN: u32 = u32::MAX - 20;
 const SERVER_ISN: u32 = 0x7000_0000;
 
-/// A segment from the client (port 40000) to the server's port 53.
-fn segment_in(flags: u8, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
-    let mut layers = vec![Layer::Eth, Layer::ipv4(), Layer::tcp(53)];
-    if !payload.is_empty() {
-        layers.push(Layer::Payload(payload.to_vec()));
-    }
-    let mut frame = build(&layers);
-    frame[TCP + 4..TCP + 8].copy_from_slice(&seq.to_be_bytes());
-    frame[TCP + 8..TCP + 12].copy_from_slice(&ack.to_be_bytes());
-    frame[TCP + 13] = flags;
-    frame
-}
-
 /// A segment from the server back to the client, as the egress program sees it.
 fn segment_out(flags: u8, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
-    reversed(segment_in(flags, seq, ack, payload))
-}
-
-/// `count` queries, each behind its 2-byte length (RFC 7766 framing).
-fn framed_queries(count: u16) -> Vec<u8> {
-    let mut stream = Vec::new();
-    for id in 0..count {
-        let query = dns_query(id, "example.com");
-        stream.extend((query.len() as u16).to_be_bytes());
-        stream.extend(query);
-    }
-    stream
+    reversed(client_segment(flags, seq, ack, payload))
 }
 
 /// A connection whose handshake the server completed: SYN in, SYN-ACK out, ACK in.
 /// Returns the client's next sequence number.
 fn connect(harness: &mut Harness) -> u32 {
-    let syn = harness.run(&segment_in(SYN, CLIENT_ISN, 0, &[])).unwrap();
+    let syn = harness
+        .run(&client_segment(SYN, CLIENT_ISN, 0, &[]))
+        .unwrap();
     assert_eq!(syn.verdict, XDP_PASS, "{:?}", syn.bumped());
     let client = CLIENT_ISN.wrapping_add(1);
     let recorded = harness
@@ -65,7 +42,12 @@ fn connect(harness: &mut Harness) -> u32 {
         .unwrap();
     assert_eq!(recorded.get(EgressCounter::AwaitedRecorded), 1);
     let ack = harness
-        .run(&segment_in(ACK, client, SERVER_ISN.wrapping_add(1), &[]))
+        .run(&client_segment(
+            ACK,
+            client,
+            SERVER_ISN.wrapping_add(1),
+            &[],
+        ))
         .unwrap();
     assert_eq!(ack.verdict, XDP_PASS);
     assert_eq!(ack.bumped(), [Counter::QueryTcp4]);
@@ -83,7 +65,7 @@ fn server_acks(harness: &mut Harness, client: u32) {
 /// The client's data segment at `seq`: its verdict and the messages it was charged.
 fn send(harness: &mut Harness, seq: u32, payload: &[u8]) -> (u32, u64, Outcome) {
     let outcome = harness
-        .run(&segment_in(
+        .run(&client_segment(
             PSH_ACK,
             seq,
             SERVER_ISN.wrapping_add(1),
@@ -113,7 +95,7 @@ fn segments_need_an_accepted_connection_and_an_acknowledgement_the_server_sent()
     // No connection (an ACK scan, a spoofed data segment): dropped, so no RST goes
     // back to whoever the source claims to be.
     for flags in [ACK, PSH_ACK, RST | ACK] {
-        let outcome = harness.run(&segment_in(flags, 1, 1, &queries)).unwrap();
+        let outcome = harness.run(&client_segment(flags, 1, 1, &queries)).unwrap();
         assert_eq!(
             (outcome.verdict, outcome.bumped()),
             (XDP_DROP, vec![Counter::QueryTcp4, Counter::TcpUnsolicited]),
@@ -123,7 +105,7 @@ fn segments_need_an_accepted_connection_and_an_acknowledgement_the_server_sent()
     // A connection attempt carrying data (TCP Fast Open): dropped, the client retries
     // with a plain SYN.
     let fast_open = harness
-        .run(&segment_in(SYN, CLIENT_ISN, 0, &queries))
+        .run(&client_segment(SYN, CLIENT_ISN, 0, &queries))
         .unwrap();
     assert_eq!(
         (fast_open.verdict, fast_open.bumped()),
@@ -144,7 +126,7 @@ fn segments_need_an_accepted_connection_and_an_acknowledgement_the_server_sent()
         ("no flags", 0, 0),
     ] {
         let outcome = harness
-            .run(&segment_in(flags, client, ack, &queries))
+            .run(&client_segment(flags, client, ack, &queries))
             .unwrap();
         assert_eq!(
             (outcome.verdict, outcome.bumped()),
@@ -153,10 +135,10 @@ fn segments_need_an_accepted_connection_and_an_acknowledgement_the_server_sent()
         );
     }
     // A reset without ACK: the stack checks its sequence number itself.
-    let reset = harness.run(&segment_in(RST, client, 0, &[])).unwrap();
+    let reset = harness.run(&client_segment(RST, client, 0, &[])).unwrap();
     assert_eq!(reset.verdict, XDP_PASS);
     // A fragment of a TCP segment to a DNS port: dropped (no stack sends one).
-    let mut first_fragment = segment_in(PSH_ACK, client, SERVER_ISN.wrapping_add(1), &queries);
+    let mut first_fragment = client_segment(PSH_ACK, client, SERVER_ISN.wrapping_add(1), &queries);
     first_fragment[IP + 6] = 0x20;
     let outcome = harness.run(&first_fragment).unwrap();
     assert_eq!(
@@ -173,7 +155,12 @@ fn segments_need_an_accepted_connection_and_an_acknowledgement_the_server_sent()
         ))
         .unwrap();
     let after_reset = harness
-        .run(&segment_in(ACK, client, SERVER_ISN.wrapping_add(1), &[]))
+        .run(&client_segment(
+            ACK,
+            client,
+            SERVER_ISN.wrapping_add(1),
+            &[],
+        ))
         .unwrap();
     assert_eq!(
         (after_reset.verdict, after_reset.bumped()),
@@ -235,7 +222,7 @@ fn data_the_server_has_not_acknowledged_is_charged_at_the_worst_case() {
     let second_end = seq.wrapping_add(one.len() as u32);
     // A segment beyond a gap: dropped until the gap is filled.
     let beyond = harness
-        .run(&segment_in(
+        .run(&client_segment(
             PSH_ACK,
             second_end.wrapping_add(10),
             SERVER_ISN.wrapping_add(1),

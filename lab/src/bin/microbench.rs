@@ -12,7 +12,7 @@ use dns_xdp::{
 };
 use dns_xdp_common::Counter;
 use dns_xdp_testkit::{
-    packet::{DSTOPTS, HOPOPTS, Layer, build, dns_query, reversed},
+    packet::{DSTOPTS, HOPOPTS, Layer, build, client_segment, dns_query, framed_queries, reversed},
     testrun::Harness,
 };
 
@@ -65,30 +65,6 @@ fn upstream_segment() -> Vec<u8> {
     ]);
     frame[14 + 20 + 13] = 0x10; // ACK
     frame
-}
-
-/// A client's TCP segment (port 40000) to the server's port 53.
-fn client_segment(flags: u8, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
-    let mut layers = vec![Layer::Eth, Layer::ipv4(), Layer::tcp(53)];
-    if !payload.is_empty() {
-        layers.push(Layer::Payload(payload.to_vec()));
-    }
-    let mut frame = build(&layers);
-    frame[14 + 20 + 4..14 + 20 + 8].copy_from_slice(&seq.to_be_bytes());
-    frame[14 + 20 + 8..14 + 20 + 12].copy_from_slice(&ack.to_be_bytes());
-    frame[14 + 20 + 13] = flags;
-    frame
-}
-
-/// `count` queries behind their 2-byte lengths, as a TCP client pipelines them.
-fn framed_queries(count: u16) -> Vec<u8> {
-    let mut stream = Vec::new();
-    for id in 0..count {
-        let query = dns_query(id, "example.com");
-        stream.extend((query.len() as u16).to_be_bytes());
-        stream.extend(query);
-    }
-    stream
 }
 
 /// The client's and the server's initial sequence numbers of the benchmark's connection.
