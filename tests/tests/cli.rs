@@ -344,3 +344,18 @@ fn an_iptables_legacy_drop_policy_is_reported_with_its_fix() {
         format!("iptables-legacy -I INPUT -i {LINK} -p udp -m multiport --dports 53 -j ACCEPT");
     assert!(stderr.contains(&fix), "{stderr}");
 }
+
+#[test]
+fn the_manual_pages_and_completions_come_from_the_same_definitions_as_help() {
+    let dir = std::env::temp_dir().join(format!("dns-xdp-man-{}", std::process::id()));
+    let output = dns_xdp(None, &["man", "--dir", dir.to_str().unwrap()]);
+    assert!(output.status.success(), "{output:?}");
+    let page = std::fs::read_to_string(dir.join("dns-xdp-set.1")).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    // The flag and its help line, as `dns-xdp set --help` has them.
+    assert!(page.contains("budget"), "{page}");
+    assert!(page.contains("Server budget"), "{page}");
+    let completions = dns_xdp(None, &["completions", "bash"]);
+    assert!(completions.status.success());
+    assert!(String::from_utf8_lossy(&completions.stdout).contains("--slip-prefix-cap"));
+}
