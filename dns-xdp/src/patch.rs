@@ -7,7 +7,7 @@ use std::str::FromStr;
 use anyhow::{Context as _, bail};
 use dns_xdp_common::{Config, FLAG_BACKENDING, FLAG_DRY_RUN, FLAG_SANITY, Level, Limit};
 
-use crate::settings::{Levels, Rate, budget_limit, slip_cap_limit};
+use crate::settings::{Levels, Rate, budget_limit, check_prefix_lengths, slip_cap_limit};
 
 /// A rate, or `off`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,12 +88,7 @@ impl ConfigPatch {
         };
         let v4 = self.v4_prefix.unwrap_or(base.v4_prefix_len);
         let v6 = self.v6_prefix.unwrap_or(base.v6_prefix_len);
-        if v4 > 32 {
-            bail!("--v4-prefix {v4}: an IPv4 prefix has 0 to 32 bits");
-        }
-        if v6 > 128 {
-            bail!("--v6-prefix {v6}: an IPv6 prefix has 0 to 128 bits");
-        }
+        check_prefix_lengths(v4, v6)?;
         *base = Level::new(v4, v6, base.limit);
         match &self.levels {
             Some(Levels::Auto) => {

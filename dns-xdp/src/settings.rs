@@ -216,6 +216,19 @@ pub const DEFAULT_SLIP_PREFIX_CAP: Rate = Rate {
     period_ns: NS_PER_SEC,
 };
 
+/// Checks the prefix lengths that make a source: 0 to 32 bits (IPv4), 0 to 128 (IPv6).
+pub fn check_prefix_lengths(v4: u8, v6: u8) -> anyhow::Result<()> {
+    ensure!(
+        v4 <= 32,
+        "--v4-prefix {v4}: an IPv4 prefix has 0 to 32 bits"
+    );
+    ensure!(
+        v6 <= 128,
+        "--v6-prefix {v6}: an IPv6 prefix has 0 to 128 bits"
+    );
+    Ok(())
+}
+
 /// The kernel form of a slip cap: `rate` with a burst of one second's worth (at least 1).
 pub fn slip_cap_limit(rate: Rate) -> anyhow::Result<Limit> {
     let burst = packets_in(rate, NS_PER_SEC);
@@ -308,16 +321,7 @@ impl Settings {
             "--port 0 is not a port"
         );
         ensure!(self.burst >= 1, "--burst must be at least 1");
-        ensure!(
-            self.v4_prefix <= 32,
-            "--v4-prefix {}: an IPv4 prefix has 0 to 32 bits",
-            self.v4_prefix
-        );
-        ensure!(
-            self.v6_prefix <= 128,
-            "--v6-prefix {}: an IPv6 prefix has 0 to 128 bits",
-            self.v6_prefix
-        );
+        check_prefix_lengths(self.v4_prefix, self.v6_prefix)?;
         ensure!(
             (1..=MAX_TABLE_SIZE).contains(&self.table_size),
             "--table-size {}: between 1 and {MAX_TABLE_SIZE} entries",
