@@ -50,6 +50,10 @@ pub struct Config {
     pub slip_cap: Limit,
     /// Slipped replies to one destination prefix (`SLIP_V4_PREFIX`, `SLIP_V6_PREFIX`).
     pub slip_prefix_cap: Limit,
+    /// Counts the configurations written to this instance: a writer writes the spare
+    /// slot with the live generation + 1 and flips only if the live one is still the one
+    /// it read (the programs ignore it).
+    pub generation: u64,
 }
 
 /// The destination prefixes slip's per-prefix cap counts by: a victim's network, as a

@@ -14,6 +14,7 @@ use dns_xdp::{
     metrics,
     options::{Options, parse_interval},
     patch::{ConfigPatch, RateOrOff},
+    pins::ConfigLock,
     programs::{DEFAULT_PIN_ROOT, detach_pinned, if_index, pin_dir},
     report::{Event, Report, rates},
     settings::{IpNet, Levels, Rate, parse_cidr},
@@ -118,6 +119,14 @@ impl InstanceArgs {
             );
         }
         Maps::from_pins(&dir)
+    }
+
+    /// The maps of the instance and the lock that makes this change the only one under
+    /// way: held until the change is written.
+    fn writer(&self) -> anyhow::Result<(Maps, ConfigLock)> {
+        let maps = self.maps()?;
+        let lock = ConfigLock::acquire(&pin_dir(&self.pin_root, &self.iface))?;
+        Ok((maps, lock))
     }
 }
 
@@ -521,7 +530,7 @@ fn set(args: &SetArgs) -> anyhow::Result<()> {
         budget: args.budget,
         budget_burst: args.budget_burst,
     };
-    let mut maps = args.instance.maps()?;
+    let (mut maps, _writer) = args.instance.writer()?;
     let config = patch.apply(&maps.config()?)?;
     maps.set_config(&config)?;
     println!("{}: {}", args.instance.iface, status::config_json(&config));
@@ -532,7 +541,7 @@ fn list(action: ListAction, allow: bool) -> anyhow::Result<()> {
     let name = if allow { "allow" } else { "deny" };
     match action {
         ListAction::Add { prefix, instance } => {
-            let mut maps = instance.maps()?;
+            let (mut maps, _writer) = instance.writer()?;
             if let Some(other) = maps
                 .lists()?
                 .iter()
@@ -547,7 +556,7 @@ fn list(action: ListAction, allow: bool) -> anyhow::Result<()> {
             println!("{}: {prefix} added to the {name} list", instance.iface);
         }
         ListAction::Del { prefix, instance } => {
-            let mut maps = instance.maps()?;
+            let (mut maps, _writer) = instance.writer()?;
             let listed = maps
                 .lists()?
                 .iter()

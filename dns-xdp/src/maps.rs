@@ -161,14 +161,55 @@ impl Maps {
         self.config.get(&self.slot()?, 0).context("reading CONFIG")
     }
 
-    /// Replaces the configuration atomically: the programs read the slot CONFIG_SLOT
-    /// names, so the new one is written to the other slot, then the slot is flipped.
-    /// Each packet sees the old or the new configuration, never a mix.
+    /// Replaces the configuration atomically with `config`, a change of the live one
+    /// as `config()` returned it: the programs read the slot CONFIG_SLOT names, so the new
+    /// one is written to the other slot, then the slot is flipped. Each packet sees the
+    /// old or the new configuration, never a mix. Refused, with nothing flipped, if the
+    /// live configuration is no longer the one `config` was made from (its generation):
+    /// another writer changed it meanwhile, and flipping would lose that change. Writers
+    /// hold the `ConfigLock` around reading and writing, so this does not happen to them.
     pub fn set_config(&mut self, config: &Config) -> anyhow::Result<()> {
-        let next = 1 - self.slot()?;
-        self.config.set(next, config, 0).context("writing CONFIG")?;
+        // For the tests: widens the window between reading the configuration and writing
+        // it back, where two writers without the lock would lose a change.
+        if let Some(delay) = std::env::var("DNS_XDP_TEST_CHANGE_DELAY_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(delay));
+        }
+        let live = self.config()?;
+        if live.generation != config.generation {
+            bail!(
+                "the configuration changed under this change (generation {} is live, the \
+                 change was made from {}); nothing was changed, try again",
+                live.generation,
+                config.generation
+            );
+        }
+        self.write_config(config)
+    }
+
+    /// Replaces the configuration, whatever is live: a loader's start-up configuration.
+    pub fn replace_config(&mut self, config: &Config) -> anyhow::Result<()> {
+        let live = self.config()?;
+        self.write_config(&Config {
+            generation: live.generation,
+            ..*config
+        })
+    }
+
+    /// Writes `config` as the next generation into the spare slot, then flips.
+    fn write_config(&mut self, config: &Config) -> anyhow::Result<()> {
+        let live_slot = self.slot()?;
+        let next = Config {
+            generation: config.generation.wrapping_add(1),
+            ..*config
+        };
+        self.config
+            .set(1 - live_slot, next, 0)
+            .context("writing CONFIG")?;
         self.config_slot
-            .set(0, next, 0)
+            .set(0, 1 - live_slot, 0)
             .context("writing CONFIG_SLOT")?;
         Ok(())
     }

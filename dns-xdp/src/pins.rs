@@ -1,9 +1,13 @@
-//! Pin directories on bpffs, and the lock that keeps one loader per instance.
+//! Pin directories on bpffs, the lock that keeps one loader per instance, and the lock
+//! that makes configuration changes one at a time.
 
 use std::{
     ffi::CString,
     fs::{self, File, OpenOptions},
-    os::{fd::AsRawFd, unix::fs::DirBuilderExt},
+    os::{
+        fd::AsRawFd,
+        unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    },
     path::{Path, PathBuf},
 };
 
@@ -82,6 +86,66 @@ pub fn escaped(text: &str) -> String {
     escaped
 }
 
+/// The lock directory, root's only (so no other user can take a lock and block restarts
+/// or `detach`), and the path of the lock file named `name` in it.
+fn lock_path(name: &str) -> anyhow::Result<PathBuf> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(LOCK_DIR)
+        .with_context(|| format!("creating {LOCK_DIR}"))?;
+    // A directory an older build created 0755 is made root's only too.
+    fs::set_permissions(LOCK_DIR, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting {LOCK_DIR}"))?;
+    Ok(Path::new(LOCK_DIR).join(name))
+}
+
+/// Opens (creating it 0600) the lock file at `path`.
+fn lock_file(path: &Path) -> anyhow::Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // One an older build created 0644 is made root's only too.
+    file.set_permissions(fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", path.display()))?;
+    Ok(file)
+}
+
+/// The lock that makes changes to a running instance's configuration and lists one at a
+/// time (`set`, `allow`, `deny`, a loader writing its start-up configuration): each reads
+/// the live configuration, changes it and flips, so two at once would lose one change.
+/// Waits for the writer before it, a bounded time.
+pub struct ConfigLock {
+    _file: File,
+}
+
+/// How long a change waits for the one before it.
+const CONFIG_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl ConfigLock {
+    pub fn acquire(dir: &Path) -> anyhow::Result<Self> {
+        let path = lock_path(&format!("{}.config.lock", escaped(&dir.to_string_lossy())))?;
+        let file = lock_file(&path)?;
+        let started = std::time::Instant::now();
+        // SAFETY: a valid, open file descriptor.
+        while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            if started.elapsed() > CONFIG_LOCK_WAIT {
+                bail!(
+                    "another change to this instance has held {} for {} s; try again",
+                    path.display(),
+                    CONFIG_LOCK_WAIT.as_secs()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        Ok(Self { _file: file })
+    }
+}
+
 /// An exclusive lock on an instance (pin directory), held for a loader's lifetime and
 /// released by the kernel when the process dies, whatever the way.
 pub struct InstanceLock {
@@ -91,14 +155,8 @@ pub struct InstanceLock {
 
 impl InstanceLock {
     pub fn acquire(dir: &Path, iface: &str) -> anyhow::Result<Self> {
-        fs::create_dir_all(LOCK_DIR).with_context(|| format!("creating {LOCK_DIR}"))?;
-        let path = Path::new(LOCK_DIR).join(format!("{}.lock", escaped(&dir.to_string_lossy())));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+        let path = lock_path(&format!("{}.lock", escaped(&dir.to_string_lossy())))?;
+        let file = lock_file(&path)?;
         // SAFETY: a valid, open file descriptor.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             bail!(

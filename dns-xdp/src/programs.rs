@@ -19,7 +19,7 @@ use aya::{
 use crate::{
     conntrack,
     maps::{Maps, check_pinned_layout, pinned_maps},
-    pins::{self, InstanceLock},
+    pins::{self, ConfigLock, InstanceLock},
     settings::Settings,
 };
 
@@ -120,7 +120,9 @@ impl Programs {
             })?;
         }
         let mut maps = Maps::from_ebpf(&mut ebpf)?;
-        maps.set_config(&config)?;
+        // Pinned maps may be shared with `set`, `allow` and `deny` from other shells.
+        let _writer = pins.map(ConfigLock::acquire).transpose()?;
+        maps.replace_config(&config)?;
         maps.set_lists(&settings.allow, &settings.deny)?;
         Ok(Self { ebpf, maps })
     }

@@ -424,6 +424,7 @@ impl Settings {
             budget: budget_limit(self.budget, self.budget_burst)?,
             slip_cap: slip_cap_limit(self.slip_cap)?,
             slip_prefix_cap: slip_cap_limit(self.slip_prefix_cap)?,
+            generation: 0,
         })
     }
 

@@ -187,6 +187,7 @@ pub fn config_json(config: &Config) -> Value {
     value["dns_sanity"] = json!(config.sanity());
     value["backending"] = json!(config.backending());
     value["slip"] = json!(config.slip);
+    value["generation"] = json!(config.generation);
     value["slip_cap_per_s"] = json!(per_second(&config.slip_cap));
     value["slip_prefix_cap_per_s"] = json!(per_second(&config.slip_prefix_cap));
     value["budget"] = config
