@@ -1,6 +1,13 @@
 //! Prometheus metrics, read straight from the maps at each scrape.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    future::Future as _,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
@@ -9,6 +16,10 @@ use prometheus_client::{
     encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    sync::{OwnedSemaphorePermit, Semaphore},
 };
 
 use crate::{
@@ -188,7 +199,13 @@ struct Scrape {
 }
 
 async fn metrics(State(scrape): State<Arc<Scrape>>) -> impl IntoResponse {
-    match render(&scrape.maps, &scrape.iface, scrape.top) {
+    // A scrape walks the source table: on a blocking thread, not on the loop that
+    // handles signals and reports.
+    let rendered =
+        tokio::task::spawn_blocking(move || render(&scrape.maps, &scrape.iface, scrape.top))
+            .await
+            .unwrap_or_else(|error| Err(anyhow::anyhow!("the scrape failed: {error}")));
+    match rendered {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,
@@ -213,6 +230,12 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     })
 }
 
+/// Connections the metrics server serves at once; one more is closed when accepted.
+pub const MAX_CONNECTIONS: usize = 16;
+/// How long a connection may send nothing before it is closed (a client that opens
+/// connections and sends no request cannot hold the server's slots).
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The metrics server on `listener`, reading `maps`; to be spawned.
 pub fn serve(
     listener: tokio::net::TcpListener,
@@ -224,5 +247,94 @@ pub fn serve(
     let app = Router::new()
         .route("/metrics", get(metrics))
         .with_state(state);
+    let listener = Capped {
+        listener,
+        slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+    };
     axum::serve(listener, app).into_future()
+}
+
+/// A listener that serves at most `MAX_CONNECTIONS` at once.
+struct Capped {
+    listener: tokio::net::TcpListener,
+    slots: Arc<Semaphore>,
+}
+
+impl axum::serve::Listener for Capped {
+    type Io = Guarded;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Guarded, SocketAddr) {
+        loop {
+            match self.listener.accept().await {
+                // Over the cap, the connection is closed at once: excess connections do
+                // not queue up ahead of the next scrape.
+                Ok((stream, addr)) => match self.slots.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        let guarded = Guarded {
+                            stream,
+                            _slot: slot,
+                            idle: Box::pin(tokio::time::sleep(READ_TIMEOUT)),
+                        };
+                        return (guarded, addr);
+                    }
+                    Err(_) => drop(stream),
+                },
+                // Out of descriptors and the like: wait, as axum's own listener does.
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// A connection holding one of the server's slots, closed when it has sent nothing for
+/// `READ_TIMEOUT`.
+struct Guarded {
+    stream: tokio::net::TcpStream,
+    _slot: OwnedSemaphorePermit,
+    idle: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                this.idle
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + READ_TIMEOUT);
+                Poll::Ready(result)
+            }
+            Poll::Pending if this.idle.as_mut().poll(cx).is_ready() => Poll::Ready(Err(
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "idle metrics connection"),
+            )),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
