@@ -18,6 +18,9 @@ use dns_xdp_common::{
 };
 use ipnet::IpNet;
 
+/// The longest a walk of the source table may take (reports, `top`, a scrape).
+pub const WALK_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The maps that outlive a loader (pinned), from the object's map list.
 pub fn pinned_maps() -> impl Iterator<Item = &'static str> {
     spec::pinned().map(|map| map.name)
@@ -246,15 +249,14 @@ impl Maps {
             .collect())
     }
 
-    /// Every bucket as the kernel keeps it (its GCRA state included).
+    /// Every bucket as the kernel keeps it (its GCRA state included), each once, read
+    /// within `WALK_LIMIT`. Under churn the kernel's walk can start over (the key it
+    /// stood on was evicted) and meet buckets again: they are kept once, and the walk
+    /// stops after twice the table's entries or the time limit, whichever comes first,
+    /// with what it has read (every bucket listed is true; some may be missing).
     pub fn source_states(&self) -> anyhow::Result<Vec<(SourceKey, SourceState)>> {
-        let mut states = Vec::new();
-        for item in self.sources.iter() {
-            // An entry evicted while we walk ends the walk early; what we have is still true.
-            let Ok(entry) = item else { break };
-            states.push(entry);
-        }
-        Ok(states)
+        let most = u64::from(self.table_size) * 2;
+        Ok(collect_walk(self.sources.iter(), most, WALK_LIMIT))
     }
 
     /// Capacity of the source table.
@@ -375,6 +377,26 @@ impl Maps {
     }
 }
 
+/// The entries of a walk of a hash map, each once: at most `most` steps and `limit` of
+/// time (a walk the kernel starts over meets entries again); an error ends it with what
+/// it has (an entry evicted under the walk).
+fn collect_walk<K: std::hash::Hash + Eq, V, E>(
+    walk: impl Iterator<Item = Result<(K, V), E>>,
+    most: u64,
+    limit: std::time::Duration,
+) -> Vec<(K, V)> {
+    let started = std::time::Instant::now();
+    let mut entries = std::collections::HashMap::new();
+    for (steps, item) in (1..).zip(walk) {
+        let Ok((key, value)) = item else { break };
+        entries.insert(key, value);
+        if steps >= most || started.elapsed() > limit {
+            break;
+        }
+    }
+    entries.into_iter().collect()
+}
+
 /// The `limit` sources that were refused most (ties: most passed, then by prefix).
 pub fn top_refused(sources: Vec<SourceReport>, limit: usize) -> Vec<SourceReport> {
     let mut refused: Vec<_> = sources
@@ -393,4 +415,42 @@ fn list_report(addr: IpAddr, len: u32, entry: &ListEntry) -> anyhow::Result<List
         allow: entry.action == LIST_ALLOW,
         hits: entry.hits,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_walk_that_starts_over_lists_each_entry_once_and_an_endless_one_stops() {
+        // The kernel's walk starts over when the key it stood on is evicted.
+        let restarting = (0..10)
+            .chain(0..10)
+            .chain(3..7)
+            .map(|key| Ok::<_, ()>((key, key * 2)));
+        let mut entries = collect_walk(restarting, 100, std::time::Duration::from_secs(1));
+        entries.sort_unstable();
+        assert_eq!(
+            entries,
+            (0..10).map(|key| (key, key * 2)).collect::<Vec<_>>()
+        );
+        let endless = (0..).map(|key: u64| Ok::<_, ()>((key % 5, key)));
+        assert_eq!(
+            collect_walk(endless, 40, std::time::Duration::from_secs(1)).len(),
+            5
+        );
+        let slow = (0..).map(|key: u64| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            Ok::<_, ()>((key, ()))
+        });
+        let started = std::time::Instant::now();
+        collect_walk(slow, u64::MAX, std::time::Duration::from_millis(100));
+        assert!(started.elapsed() < std::time::Duration::from_millis(300));
+        // An error ends the walk with what it has.
+        let broken = [Ok((1, 1)), Err(()), Ok((2, 2))].into_iter();
+        assert_eq!(
+            collect_walk(broken, 10, std::time::Duration::from_secs(1)),
+            [(1, 1)]
+        );
+    }
 }
