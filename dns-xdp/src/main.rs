@@ -592,12 +592,21 @@ fn list(action: ListAction, allow: bool) -> anyhow::Result<()> {
 
 fn detach(args: &InstanceArgs) -> anyhow::Result<()> {
     require_root()?;
-    if_index(&args.iface)?;
+    // An instance outlives its interface (deleted, renamed, in another namespace): its
+    // pins and rules are removed all the same.
+    let present = if_index(&args.iface).is_ok();
     let removed = detach_pinned(&args.pin_root, &args.iface)?;
     if removed.is_empty() {
         println!("{}: nothing of dns-xdp's was there", args.iface);
     } else {
         println!("{}: removed {}", args.iface, removed.join(", "));
+    }
+    if !present {
+        println!(
+            "{}: no interface of that name here, so nothing attached to check",
+            args.iface
+        );
+        return Ok(());
     }
     // The kernel releases an unpinned link from a workqueue: give it a moment.
     let deadline = Instant::now() + Duration::from_secs(2);

@@ -46,6 +46,10 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Set up, build, and make the Debian package: target/package/dns-xdp_<version>_<arch>.deb
+    /// (the binary, the systemd unit, the example configuration, the manual pages and
+    /// the completions). Prints the package's path last.
+    Package,
 }
 
 /// The bpf-linker release that builds against nightly's LLVM 22 here.
@@ -95,6 +99,11 @@ fn main() -> anyhow::Result<()> {
                 Command::new(workspace_root().join("target/release/lab")).args(&args),
             )?;
         }
+        Task::Package => {
+            setup()?;
+            let deb = package()?;
+            println!("{}", deb.display());
+        }
         Task::Bench { micro_only } => {
             setup()?;
             if !micro_only {
@@ -139,6 +148,96 @@ fn build_with_loader(bin: &str) -> anyhow::Result<()> {
         "--bin",
         bin,
     ])
+}
+
+/// Builds the release loader and lays out the Debian package from it and `packaging/`.
+fn package() -> anyhow::Result<PathBuf> {
+    cargo(&["build", "--release", "--package", "dns-xdp"])?;
+    let root = workspace_root();
+    let packaging = root.join("packaging");
+    let out = root.join("target/package");
+    let stage = out.join("root");
+    let _ = std::fs::remove_dir_all(&stage);
+    let binary = root.join("target/release/dns-xdp");
+    let version = env!("CARGO_PKG_VERSION");
+    let arch = output("dpkg", &["--print-architecture"]).context("dpkg --print-architecture")?;
+    let place = |from: &Path, to: &str, mode: u32| -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let to = stage.join(to);
+        std::fs::create_dir_all(to.parent().expect("a file in a folder"))?;
+        std::fs::copy(from, &to).with_context(|| format!("copying {}", from.display()))?;
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode))?;
+        Ok(())
+    };
+    let write = |to: &str, text: &str, mode: u32| -> anyhow::Result<()> {
+        let scratch = out.join("scratch");
+        std::fs::create_dir_all(&out)?;
+        std::fs::write(&scratch, text)?;
+        place(&scratch, to, mode)?;
+        Ok(std::fs::remove_file(scratch)?)
+    };
+    place(&binary, "usr/sbin/dns-xdp", 0o755)?;
+    let unit = std::fs::read_to_string(packaging.join("dns-xdp@.service"))?
+        .replace("/usr/local/bin/dns-xdp", "/usr/sbin/dns-xdp")
+        .replace("/usr/local/share/doc/dns-xdp", "/usr/share/doc/dns-xdp");
+    write("lib/systemd/system/dns-xdp@.service", &unit, 0o644)?;
+    for doc in [
+        "README.md",
+        "docs/operating.md",
+        "packaging/dns-xdp.example.toml",
+    ] {
+        let name = Path::new(doc)
+            .file_name()
+            .expect("a file")
+            .to_string_lossy();
+        place(
+            &root.join(doc),
+            &format!("usr/share/doc/dns-xdp/{name}"),
+            0o644,
+        )?;
+    }
+    write(
+        "usr/share/doc/dns-xdp/copyright",
+        "dns-xdp\nLicense: MIT OR Apache-2.0 (userspace); Dual MIT/GPL (kernel programs)\n",
+        0o644,
+    )?;
+    std::fs::create_dir_all(stage.join("etc/dns-xdp"))?;
+    // The manual pages and completions, from the binary itself.
+    let man = stage.join("usr/share/man/man1");
+    run(Command::new(&binary).args(["man", "--dir"]).arg(&man))?;
+    run(Command::new("gzip").args(["-9", "-n", "-f"]).args(
+        std::fs::read_dir(&man)?
+            .map(|entry| entry.map(|entry| entry.path()))
+            .collect::<Result<Vec<_>, _>>()?,
+    ))?;
+    for (shell, to) in [
+        ("bash", "usr/share/bash-completion/completions/dns-xdp"),
+        ("zsh", "usr/share/zsh/vendor-completions/_dns-xdp"),
+        ("fish", "usr/share/fish/vendor_completions.d/dns-xdp.fish"),
+    ] {
+        let script = Command::new(&binary)
+            .args(["completions", shell])
+            .output()?;
+        anyhow::ensure!(script.status.success(), "dns-xdp completions {shell}");
+        write(to, &String::from_utf8(script.stdout)?, 0o644)?;
+    }
+    let control = std::fs::read_to_string(packaging.join("debian/control"))?
+        .replace("@VERSION@", version)
+        .replace("@ARCH@", &arch);
+    write("DEBIAN/control", &control, 0o644)?;
+    for script in ["prerm", "postinst", "postrm"] {
+        place(
+            &packaging.join("debian").join(script),
+            &format!("DEBIAN/{script}"),
+            0o755,
+        )?;
+    }
+    let deb = out.join(format!("dns-xdp_{version}_{arch}.deb"));
+    run(Command::new("dpkg-deb")
+        .args(["--root-owner-group", "--build"])
+        .arg(&stage)
+        .arg(&deb))?;
+    Ok(deb)
 }
 
 fn step(message: &str) {
