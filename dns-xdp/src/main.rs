@@ -15,6 +15,7 @@ use dns_xdp::{
     options::{Options, parse_interval},
     patch::{ConfigPatch, RateOrOff},
     pins::ConfigLock,
+    programs::InterfaceEvent,
     programs::{DEFAULT_PIN_ROOT, detach_pinned, if_index, pin_dir},
     report::{Event, Report, rates},
     settings::{IpNet, Levels, Rate, parse_cidr},
@@ -425,6 +426,9 @@ async fn run_until_signal(
     let mut ticker = interval(options.stats_interval.unwrap_or(Duration::from_secs(3600)));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
     ticker.tick().await;
+    // The interface is followed by name, twice a second.
+    let mut link_check = interval(Duration::from_millis(500));
+    link_check.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let print = |event: Event, attachment: &Attachment| -> anyhow::Result<()> {
         let report = Report::read(
             attachment.maps(),
@@ -441,6 +445,22 @@ async fn run_until_signal(
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = ticker.tick(), if options.stats_interval.is_some() => print(Event::Stats, attachment)?,
+            _ = link_check.tick() => match attachment.follow_interface() {
+                Ok(Some(InterfaceEvent::Gone)) => log::warn!(
+                    "{} is gone: the programs went with it; counters, buckets, lists and \
+                     rules are kept, and the programs return when an interface of that name does",
+                    attachment.iface()
+                ),
+                Ok(Some(InterfaceEvent::Returned(index))) => log::info!(
+                    "{} is back (index {index}): programs attached again, with the state they had",
+                    attachment.iface()
+                ),
+                Ok(None) => {}
+                Err(error) => log::warn!(
+                    "{} is back, but attaching to it failed (tried again shortly): {error:#}",
+                    attachment.iface()
+                ),
+            },
             guard = async { logger.as_mut().expect("guarded").readable_mut().await },
                 if logger.is_some() =>
             {

@@ -211,6 +211,19 @@ pub struct Attachment {
     /// Whether the programs replaced ones a previous loader left attached.
     pub adopted: bool,
     lock: InstanceLock,
+    mode: Mode,
+    /// The interface's index when the programs were attached to it; `None` while it is gone.
+    ifindex: Option<u32>,
+}
+
+/// What `Attachment::follow_interface` found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterfaceEvent {
+    /// The interface is gone: the programs went with it; state and rules are kept.
+    Gone,
+    /// An interface of that name is there again (index given): the programs are attached
+    /// to it, with the state they had.
+    Returned(u32),
 }
 
 impl Attachment {
@@ -234,7 +247,15 @@ impl Attachment {
         let adopting = dir.join(XDP_LINK_PIN).exists();
         // Pins this attach did not make are not its to remove when it fails.
         let had_pins = std::fs::read_dir(&dir).is_ok_and(|mut entries| entries.next().is_some());
-        let result = Self::attach_locked(iface, mode, settings, &dir, adopting, lock);
+        let ifindex = if_index(iface)?;
+        let result =
+            Self::attach_locked(iface, mode, settings, &dir, adopting, lock).map(|attachment| {
+                Self {
+                    mode,
+                    ifindex: Some(ifindex),
+                    ..attachment
+                }
+            });
         if result.is_err() && !adopting && !had_pins {
             let _ = conntrack::remove(iface);
             let _ = pins::remove_all(&dir);
@@ -309,7 +330,52 @@ impl Attachment {
             egress_link: Some(egress_link),
             adopted: adopting,
             lock,
+            mode,
+            ifindex: None,
         })
+    }
+
+    /// Follows the interface by name: when it disappears, says so (the programs went with
+    /// it; the maps, pins and rules stay); when an interface of that name appears again
+    /// (a new index: deleted and re-created, or replaced), attaches the loaded programs
+    /// to it as on a fresh attach, with the counters, buckets and lists they had. The
+    /// conntrack rules match by name and apply again by themselves.
+    pub fn follow_interface(&mut self) -> anyhow::Result<Option<InterfaceEvent>> {
+        let now = if_index(&self.iface).ok();
+        if now == self.ifindex {
+            return Ok(None);
+        }
+        let Some(index) = now else {
+            self.ifindex = None;
+            return Ok(Some(InterfaceEvent::Gone));
+        };
+        // The old links held programs on an interface that no longer exists.
+        self.xdp_link.take();
+        self.egress_link.take();
+        for pin in [XDP_LINK_PIN, EGRESS_LINK_PIN] {
+            let _ = std::fs::remove_file(self.dir.join(pin));
+        }
+        let (iface, mode) = (self.iface.clone(), self.mode);
+        let xdp = self.programs.xdp(XDP_PROGRAM)?;
+        let id = xdp
+            .attach(&iface, mode.xdp_mode())
+            .map_err(|error| attach_error(error, &iface, mode))?;
+        let link = FdLink::try_from(xdp.take_link(id)?)?;
+        self.xdp_link = Some(FdLink::from(
+            link.pin(self.dir.join(XDP_LINK_PIN))
+                .context("pinning the XDP link")?,
+        ));
+        let egress = self.programs.egress()?;
+        let id = egress
+            .attach(&iface, TcAttachType::Egress)
+            .with_context(|| format!("attaching the egress program to {iface} (TC/TCX)"))?;
+        let link = FdLink::try_from(egress.take_link(id)?)?;
+        self.egress_link = Some(FdLink::from(
+            link.pin(self.dir.join(EGRESS_LINK_PIN))
+                .context("pinning the egress link")?,
+        ));
+        self.ifindex = Some(index);
+        Ok(Some(InterfaceEvent::Returned(index)))
     }
 
     pub fn iface(&self) -> &str {

@@ -116,23 +116,40 @@ impl Pair {
     /// Namespaces named after `roles`, joined by a veth with `queues` transmit and
     /// receive queues on each end.
     pub fn with_queues(roles: (&str, &str), queues: usize) -> anyhow::Result<Self> {
-        let server = Netns::new(roles.0)?;
-        let client = Netns::new(roles.1)?;
+        let pair = Self {
+            server: Netns::new(roles.0)?,
+            client: Netns::new(roles.1)?,
+        };
+        pair.connect(queues)?;
+        Ok(pair)
+    }
+
+    /// Makes the veth pair between the two namespaces, addressed and up (again, after a
+    /// test deleted it: a new interface of the same name).
+    pub fn connect(&self, queues: usize) -> anyhow::Result<()> {
         let queues = queues.max(1).to_string();
         let per_end = ["numtxqueues", &queues, "numrxqueues", &queues];
         let mut args = vec!["link", "add", "name", LINK];
         args.extend(per_end);
-        args.extend(["type", "veth", "peer", "name", LINK, "netns", client.name()]);
+        args.extend([
+            "type",
+            "veth",
+            "peer",
+            "name",
+            LINK,
+            "netns",
+            self.client.name(),
+        ]);
         args.extend(per_end);
-        server.ip(&args)?;
+        self.server.ip(&args)?;
         for (netns, v4, v6) in [
-            (&server, SERVER_V4, SERVER_V6),
-            (&client, CLIENT_V4, CLIENT_V6),
+            (&self.server, SERVER_V4, SERVER_V6),
+            (&self.client, CLIENT_V4, CLIENT_V6),
         ] {
             netns.ip(&["addr", "add", &format!("{v4}/24"), "dev", LINK])?;
             netns.ip(&["addr", "add", &format!("{v6}/64"), "dev", LINK, "nodad"])?;
             netns.ip(&["link", "set", "dev", LINK, "up"])?;
         }
-        Ok(Self { server, client })
+        Ok(())
     }
 }
