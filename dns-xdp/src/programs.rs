@@ -285,7 +285,9 @@ impl Attachment {
         let xdp_link = if adopting {
             let pinned = PinnedLink::from_pin(dir.join(XDP_LINK_PIN))
                 .context("opening the pinned XDP link")?;
-            let link = XdpLink::try_from(FdLink::from(pinned))?;
+            let pinned = FdLink::from(pinned);
+            check_adoptable(&pinned, iface, dir)?;
+            let link = XdpLink::try_from(pinned)?;
             let id = xdp
                 .attach_to_link(link)
                 .context("replacing the XDP program through its link")?;
@@ -404,6 +406,30 @@ impl Attachment {
     /// Ends this process's part and leaves the attachment pinned, for the next loader to
     /// adopt (a restart or an upgrade without a gap).
     pub fn leave(self) {}
+}
+
+/// Refuses to adopt the pinned XDP link `link` unless its program is the one attached to
+/// `iface` in this namespace: pins can be shared (`--pin-root`) between namespaces, and
+/// an interface of the same name elsewhere, or one deleted since, is not this one.
+fn check_adoptable(link: &FdLink, iface: &str, dir: &Path) -> anyhow::Result<()> {
+    let pinned = link
+        .info()
+        .context("reading the pinned XDP link")?
+        .program_id();
+    let here = crate::status::attached_xdp(iface)?;
+    match here {
+        Some(attached) if attached.id == pinned => Ok(()),
+        here => bail!(
+            "the XDP link pinned in {} holds program {pinned}, but {iface} here has {}: the pins \
+             belong to an interface of that name in another namespace, or to one deleted since; \
+             use another --pin-root, or remove them with `dns-xdp detach --iface {iface}`",
+            dir.display(),
+            here.map_or("no XDP program".to_owned(), |attached| format!(
+                "program {} ({})",
+                attached.id, attached.name
+            ))
+        ),
+    }
 }
 
 /// Removes what an instance on `iface` left pinned, and its bypass rules, from any shell.

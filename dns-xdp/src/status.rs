@@ -37,6 +37,9 @@ impl Attached {
 
 pub struct Status {
     pub iface: String,
+    /// Whether an interface of that name exists here (an instance outlives a deleted
+    /// one: its pins, configuration and rules are still shown).
+    pub present: bool,
     /// The instance's pin directory, if it exists.
     pub pins: Option<PathBuf>,
     /// The live configuration, read from the pinned maps.
@@ -51,8 +54,10 @@ pub struct Status {
 
 impl Status {
     pub fn collect(iface: &str, ports: &[u16], pin_root: &Path) -> anyhow::Result<Self> {
-        if_index(iface)?;
-        let egress = SchedClassifier::query_tcx(iface, TcAttachType::Egress)
+        let present = if_index(iface).is_ok();
+        let egress = present
+            .then(|| SchedClassifier::query_tcx(iface, TcAttachType::Egress).ok())
+            .flatten()
             .map(|(_, programs)| {
                 programs
                     .iter()
@@ -65,6 +70,10 @@ impl Status {
             })
             .unwrap_or_default();
         let dir = pin_dir(pin_root, iface);
+        if !present && !dir.exists() && conntrack::installed(iface)?.is_none() {
+            // Nothing of ours, and no such interface: most likely a typo.
+            if_index(iface)?;
+        }
         let pins = dir.exists().then_some(dir);
         let config = match &pins {
             Some(dir) => Some(Maps::from_pins(dir)?.config()?),
@@ -72,9 +81,10 @@ impl Status {
         };
         Ok(Self {
             iface: iface.to_owned(),
+            present,
             pins,
             config,
-            xdp: attached_xdp(iface)?,
+            xdp: if present { attached_xdp(iface)? } else { None },
             egress,
             bypass: conntrack::installed(iface)?,
             conntrack: conntrack::headroom(),
@@ -86,6 +96,7 @@ impl Status {
         let program = |attached: &Attached| json!({"id": attached.id, "name": attached.name, "mode": attached.mode});
         json!({
             "iface": self.iface,
+            "present": self.present,
             "pins": self.pins.as_ref().map(|dir| dir.display().to_string()),
             "config": self.config.as_ref().map(config_json),
             "xdp": self.xdp.as_ref().map(program),
@@ -106,6 +117,12 @@ impl Status {
             format!("{} (id {}, {})", attached.name, attached.id, attached.mode)
         };
         let mut text = format!("interface {}\n", self.iface);
+        if !self.present {
+            text.push_str(
+                "  (no interface of that name here: deleted, or in another namespace; \
+                 a running loader attaches again when it returns)\n",
+            );
+        }
         if let (Some(dir), Some(config)) = (&self.pins, &self.config) {
             text.push_str(&format!("  pins:       {}\n", dir.display()));
             text.push_str(&format!("  config:     {}\n", config_json(config)));
@@ -230,7 +247,7 @@ pub fn hazard_warning(hazard: &Hazard, ports: &[u16], iface: &str) -> String {
 }
 
 /// The XDP program on `iface`, from `ip -d -j link show`.
-fn attached_xdp(iface: &str) -> anyhow::Result<Option<Attached>> {
+pub fn attached_xdp(iface: &str) -> anyhow::Result<Option<Attached>> {
     let output = Command::new("ip")
         .args(["-d", "-j", "link", "show", "dev", iface])
         .output()

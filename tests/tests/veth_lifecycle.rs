@@ -68,3 +68,63 @@ fn a_deleted_and_recreated_interface_is_filtered_again_with_its_state() {
     assert!(report["counters"]["denied"].as_u64().unwrap() >= 2);
     assert!(!pair.server.xdp_attached(LINK), "Ctrl-C detached");
 }
+
+/// Runs the loader binary in `netns` with the pins of `bpffs`; its output.
+fn dns_xdp(
+    netns: &dns_xdp_testkit::netns::Netns,
+    bpffs: &dns_xdp_testkit::loader::BpfFs,
+    args: &[&str],
+) -> std::process::Output {
+    netns
+        .command(dns_xdp_testkit::loader::binary().to_str().unwrap())
+        .args(args)
+        .arg(bpffs.arg())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn pins_of_another_namespaces_interface_are_not_adopted_and_a_gone_one_detaches() {
+    let bpffs = dns_xdp_testkit::loader::BpfFs::new().unwrap();
+    let (first, second) = (Pair::new().unwrap(), Pair::new().unwrap());
+    // An instance on the first namespace's dns0, left attached.
+    let loader = Loader::attach_pinned(&first.server, &bpffs, &["--keep-attached"]).unwrap();
+    loader.interrupt().unwrap();
+    assert!(first.server.xdp_attached(LINK));
+    // The second namespace's dns0 has the same name and the same pin root: refused.
+    let refused = dns_xdp(&second.server, &bpffs, &["attach", "--iface", LINK]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("but dns0 here has no XDP program") && stderr.contains("another namespace"),
+        "{stderr}"
+    );
+    assert!(!second.server.xdp_attached(LINK));
+    assert!(
+        first.server.xdp_attached(LINK),
+        "the first instance is untouched"
+    );
+    // The first interface goes; `detach` still removes the instance's pins.
+    first.server.ip(&["link", "del", LINK]).unwrap();
+    let status = dns_xdp(
+        &first.server,
+        &bpffs,
+        &["status", "--iface", LINK, "--json"],
+    );
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["present"], false);
+    assert!(status["pins"].is_string());
+    let detached = dns_xdp(&first.server, &bpffs, &["detach", "--iface", LINK]);
+    assert!(
+        detached.status.success(),
+        "{}",
+        String::from_utf8_lossy(&detached.stderr)
+    );
+    assert!(!bpffs.path().join(LINK).exists(), "pins left");
+}
