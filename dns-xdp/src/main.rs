@@ -255,11 +255,11 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Attach(args) => runtime.block_on(attach(args.options, false, args.json)),
+        Command::Attach(args) => runtime.block_on(attach(args.options, None, args.json)),
         Command::Run(args) => match Options::from_file(&args.config) {
             Ok(file) => runtime.block_on(attach(
                 args.attach.options.over(file),
-                true,
+                Some(&args.config),
                 args.attach.json,
             )),
             Err(error) => Err(error),
@@ -311,7 +311,13 @@ fn require_root() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn attach(options: Options, daemon: bool, json: bool) -> anyhow::Result<()> {
+/// Attaches and runs until a signal; `config_file`: the daemon's (`run`) configuration.
+async fn attach(
+    options: Options,
+    config_file: Option<&std::path::Path>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let daemon = config_file.is_some();
     let iface = options.iface()?.to_owned();
     let settings = options.settings()?;
     let pin_root = options.pin_root();
@@ -320,6 +326,7 @@ async fn attach(options: Options, daemon: bool, json: bool) -> anyhow::Result<()
         None => None,
     };
     let mut attachment = Attachment::attach(&iface, options.mode(), &settings, &pin_root)?;
+    dns_xdp::pins::record_config_file(&pin_dir(&pin_root, &iface), config_file)?;
     let limit = match settings.rate {
         Some(rate) => format!(
             "{rate} per /{} (IPv4) and /{} (IPv6) prefix, burst {}; aggregate levels [{}]",

@@ -146,6 +146,30 @@ impl ConfigLock {
     }
 }
 
+/// Records the configuration file the daemon (`run`) of the instance in `dir` started
+/// from, so that `status` can say which live values differ from it; `None` (`attach`,
+/// from flags only) forgets it.
+pub fn record_config_file(dir: &Path, file: Option<&Path>) -> anyhow::Result<()> {
+    let path = lock_path(&format!("{}.config-file", escaped(&dir.to_string_lossy())))?;
+    match file {
+        Some(file) => {
+            let file = fs::canonicalize(file).unwrap_or_else(|_| file.to_owned());
+            fs::write(&path, file.as_os_str().as_encoded_bytes())
+                .with_context(|| format!("writing {}", path.display()))
+        }
+        None => {
+            let _ = fs::remove_file(&path);
+            Ok(())
+        }
+    }
+}
+
+/// The configuration file recorded for the instance in `dir`, if any.
+pub fn recorded_config_file(dir: &Path) -> Option<PathBuf> {
+    let path = Path::new(LOCK_DIR).join(format!("{}.config-file", escaped(&dir.to_string_lossy())));
+    fs::read_to_string(path).ok().map(PathBuf::from)
+}
+
 /// An exclusive lock on an instance (pin directory), held for a loader's lifetime and
 /// released by the kernel when the process dies, whatever the way.
 pub struct InstanceLock {

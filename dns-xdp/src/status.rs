@@ -50,6 +50,49 @@ pub struct Status {
     pub bypass: Option<Vec<InstalledRule>>,
     pub conntrack: Option<Headroom>,
     pub hazards: Vec<Hazard>,
+    /// The daemon's configuration file and the live values that differ from it (live
+    /// `set`, `allow`, `deny` changes a restart would undo).
+    pub drift: Option<Drift>,
+}
+
+/// How the live configuration differs from the file the daemon started from.
+pub struct Drift {
+    pub file: PathBuf,
+    /// The differing settings, by their `config` field names (`allow`, `deny`: lists).
+    pub differ: Vec<String>,
+}
+
+impl Drift {
+    /// Compares the live `config` and lists of the instance in `dir` with `file`.
+    fn of(file: PathBuf, config: &Config, maps: &Maps) -> anyhow::Result<Self> {
+        let settings = crate::options::Options::from_file(&file)?.settings()?;
+        let (live, from_file) = (config_json(config), config_json(&settings.config()?));
+        let mut differ: Vec<String> = live
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(name, value)| *name != "generation" && from_file.get(*name) != Some(value))
+            .map(|(name, _)| name.clone())
+            .collect();
+        let lists = maps.lists()?;
+        for (name, allow, wanted) in [
+            ("allow", true, &settings.allow),
+            ("deny", false, &settings.deny),
+        ] {
+            let mut live: Vec<_> = lists
+                .iter()
+                .filter(|entry| entry.allow == allow)
+                .map(|entry| entry.prefix)
+                .collect();
+            let mut wanted = wanted.clone();
+            live.sort();
+            wanted.sort();
+            if live != wanted {
+                differ.push(name.to_owned());
+            }
+        }
+        Ok(Self { file, differ })
+    }
 }
 
 impl Status {
@@ -75,9 +118,20 @@ impl Status {
             if_index(iface)?;
         }
         let pins = dir.exists().then_some(dir);
-        let config = match &pins {
-            Some(dir) => Some(Maps::from_pins(dir)?.config()?),
-            None => None,
+        let (config, drift) = match &pins {
+            Some(dir) => {
+                let maps = Maps::from_pins(dir)?;
+                let config = maps.config()?;
+                let drift = crate::pins::recorded_config_file(dir)
+                    .map(|file| Drift::of(file, &config, &maps))
+                    .transpose()
+                    .unwrap_or_else(|error| {
+                        log::warn!("could not compare with the configuration file: {error:#}");
+                        None
+                    });
+                (Some(config), drift)
+            }
+            None => (None, None),
         };
         Ok(Self {
             iface: iface.to_owned(),
@@ -89,6 +143,7 @@ impl Status {
             bypass: conntrack::installed(iface)?,
             conntrack: conntrack::headroom(),
             hazards: conntrack::hazards(ports).unwrap_or_default(),
+            drift,
         })
     }
 
@@ -97,6 +152,10 @@ impl Status {
         json!({
             "iface": self.iface,
             "present": self.present,
+            "drift": self.drift.as_ref().map(|drift| json!({
+                "file": drift.file.display().to_string(),
+                "differ": drift.differ,
+            })),
             "pins": self.pins.as_ref().map(|dir| dir.display().to_string()),
             "config": self.config.as_ref().map(config_json),
             "xdp": self.xdp.as_ref().map(program),
@@ -126,6 +185,20 @@ impl Status {
         if let (Some(dir), Some(config)) = (&self.pins, &self.config) {
             text.push_str(&format!("  pins:       {}\n", dir.display()));
             text.push_str(&format!("  config:     {}\n", config_json(config)));
+        }
+        if let Some(drift) = &self.drift {
+            if drift.differ.is_empty() {
+                text.push_str(&format!(
+                    "  file:       {} (the live configuration is the file's)\n",
+                    drift.file.display()
+                ));
+            } else {
+                text.push_str(&format!(
+                    "  file:       {}: live {} differ (live changes; a restart applies the file)\n",
+                    drift.file.display(),
+                    drift.differ.join(", ")
+                ));
+            }
         }
         text.push_str(&format!(
             "  xdp:        {}\n",

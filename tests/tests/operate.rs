@@ -148,6 +148,14 @@ fn a_running_instance_is_operated_from_other_processes_and_survives_sigkill() {
     assert_eq!(answered(&pair.client, ABUSER, 20), 3, "burst 3 at 1/min");
     let status = json(&pair.server, &bpffs, &["status", "--iface", LINK, "--json"]);
     assert!(status["config"]["budget"].is_null(), "{status}");
+    // The live values a restart would undo, against the daemon's file.
+    let differ: Vec<&str> = status["drift"]["differ"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{status}"))
+        .iter()
+        .filter_map(serde_json::Value::as_str)
+        .collect();
+    assert_eq!(differ, ["rate_per_s", "burst", "budget"], "{status}");
     let top = json(&pair.server, &bpffs, &["top", "--iface", LINK, "--json"]);
     assert_eq!(top["top"][0]["prefix"], format!("{ABUSER}/32"), "{top}");
     assert_eq!(top["top"][0]["dropped"], 17, "{top}");
