@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
 };
 use dns_xdp_common::{
     Config, Counters, EgressCounters, FAMILY_V4, Family, LIST_ALLOW, LIST_DENY, ListEntry,
@@ -254,9 +254,19 @@ impl Maps {
     /// stood on was evicted) and meet buckets again: they are kept once, and the walk
     /// stops after twice the table's entries or the time limit, whichever comes first,
     /// with what it has read (every bucket listed is true; some may be missing).
+    /// Read in batches of `BATCH` buckets per system call where the kernel can
+    /// (`BPF_MAP_LOOKUP_BATCH`, Linux 5.6), one bucket at a time otherwise.
     pub fn source_states(&self) -> anyhow::Result<Vec<(SourceKey, SourceState)>> {
         let most = u64::from(self.table_size) * 2;
-        Ok(collect_walk(self.sources.iter(), most, WALK_LIMIT))
+        let started = std::time::Instant::now();
+        Ok(
+            match lookup_batches(self.sources.map(), most, started + WALK_LIMIT) {
+                Some(entries) => {
+                    collect_walk(entries.into_iter().map(Ok::<_, ()>), most, WALK_LIMIT)
+                }
+                None => collect_walk(self.sources.iter(), most, WALK_LIMIT),
+            },
+        )
     }
 
     /// Capacity of the source table.
@@ -375,6 +385,87 @@ impl Maps {
         }
         Ok(())
     }
+}
+
+/// Buckets read per `BPF_MAP_LOOKUP_BATCH` call.
+const BATCH: usize = 4096;
+
+/// `union bpf_attr` as `BPF_MAP_LOOKUP_BATCH` reads it.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// The source table read `BATCH` buckets per system call, until its end, `most`
+/// buckets or `deadline`; `None` if the kernel has no batch lookup (then walk it).
+fn lookup_batches(
+    map: &MapData,
+    most: u64,
+    deadline: std::time::Instant,
+) -> Option<Vec<(SourceKey, SourceState)>> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    let fd = map.fd().as_fd().as_raw_fd();
+    let mut keys = vec![SourceKey::default(); BATCH];
+    let mut values = vec![SourceState::default(); BATCH];
+    // The hash map's cursor: the next bucket to read.
+    let (mut cursor_in, mut cursor_out) = (0u32, 0u32);
+    let mut entries = Vec::new();
+    for first in std::iter::once(true).chain(std::iter::repeat(false)) {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                std::ptr::from_ref(&cursor_in) as u64
+            },
+            out_batch: std::ptr::from_mut(&mut cursor_out) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: BATCH as u32,
+            map_fd: fd as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` points at buffers of `BATCH` keys and values of the map's key and
+        // value sizes (the map was opened typed with them) and at the cursor words, all
+        // alive for the call; the kernel writes no more than `count` of each.
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                std::ptr::from_mut(&mut attr),
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        let errno = (result < 0).then(|| std::io::Error::last_os_error().raw_os_error());
+        let count = (attr.count as usize).min(BATCH);
+        entries.extend(
+            keys[..count]
+                .iter()
+                .copied()
+                .zip(values[..count].iter().copied()),
+        );
+        match errno {
+            // The end of the table.
+            Some(Some(libc::ENOENT)) => break,
+            // No batch lookup here (or for this map type): walk instead.
+            Some(_) if first => return None,
+            Some(_) => break,
+            None => {}
+        }
+        cursor_in = cursor_out;
+        if entries.len() as u64 >= most || std::time::Instant::now() > deadline {
+            break;
+        }
+    }
+    Some(entries)
 }
 
 /// The entries of a walk of a hash map, each once: at most `most` steps and `limit` of
