@@ -458,6 +458,11 @@ async fn run_until_signal(
                      rules are kept, and the programs return when an interface of that name does",
                     attachment.iface()
                 ),
+                Ok(Some(InterfaceEvent::Renamed(name))) => log::warn!(
+                    "{} was renamed to {name}: the programs stay on it, but its bypass rules \
+                     match the old name; run dns-xdp on {name}, or rename it back",
+                    attachment.iface()
+                ),
                 Ok(Some(InterfaceEvent::Returned(index))) => log::info!(
                     "{} is back (index {index}): programs attached again, with the state they had",
                     attachment.iface()

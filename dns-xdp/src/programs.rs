@@ -217,10 +217,14 @@ pub struct Attachment {
 }
 
 /// What `Attachment::follow_interface` found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InterfaceEvent {
     /// The interface is gone: the programs went with it; state and rules are kept.
     Gone,
+    /// Renamed (to the name given): the programs stay on it (they are attached by
+    /// index), but the bypass rules match the old name, and the loader waits for an
+    /// interface of its name.
+    Renamed(String),
     /// An interface of that name is there again (index given): the programs are attached
     /// to it, with the state they had.
     Returned(u32),
@@ -348,8 +352,12 @@ impl Attachment {
             return Ok(None);
         }
         let Some(index) = now else {
+            let renamed = self.ifindex.and_then(if_name);
             self.ifindex = None;
-            return Ok(Some(InterfaceEvent::Gone));
+            return Ok(Some(match renamed {
+                Some(name) => InterfaceEvent::Renamed(name),
+                None => InterfaceEvent::Gone,
+            }));
         };
         // The old links held programs on an interface that no longer exists.
         self.xdp_link.take();
@@ -462,6 +470,19 @@ pub fn detach_pinned(pin_root: &Path, iface: &str) -> anyhow::Result<Vec<String>
         lock.remove();
     }
     Ok(removed)
+}
+
+/// The name of the interface with index `index`, if there is one.
+fn if_name(index: u32) -> Option<String> {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: a buffer of IF_NAMESIZE bytes, as if_indextoname requires.
+    let found = unsafe { libc::if_indextoname(index, name.as_mut_ptr()) };
+    if found.is_null() {
+        return None;
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into the buffer.
+    let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
 }
 
 /// The index of a network interface, or an error that says how to find the right name.

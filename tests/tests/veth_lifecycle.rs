@@ -128,3 +128,21 @@ fn pins_of_another_namespaces_interface_are_not_adopted_and_a_gone_one_detaches(
     );
     assert!(!bpffs.path().join(LINK).exists(), "pins left");
 }
+
+#[test]
+fn a_renamed_interface_is_named_in_the_log() {
+    let pair = Pair::new().expect("creating namespaces");
+    let loader = Loader::attach(&pair.server, &[]).expect("attaching");
+    pair.server
+        .ip(&["link", "set", "dev", LINK, "name", "dns9"])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let stderr = loader.stderr_text();
+    // Back to its name, so the loader's exit detaches as usual.
+    pair.server
+        .ip(&["link", "set", "dev", "dns9", "name", LINK])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    loader.interrupt().expect("detaching");
+    assert!(stderr.contains("was renamed to dns9"), "{stderr}");
+}
