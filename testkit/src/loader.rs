@@ -209,3 +209,19 @@ impl Drop for Loader {
         let _ = self.child.wait();
     }
 }
+
+/// Runs one `dns-xdp` command (`status`, `set`, `detach`...) in `netns` against the
+/// instances pinned in `bpffs`, logging warnings only; its output.
+pub fn run_command(
+    netns: &crate::netns::Netns,
+    bpffs: &BpfFs,
+    args: &[&str],
+) -> std::process::Output {
+    netns
+        .command(binary().to_str().expect("a UTF-8 path"))
+        .args(args)
+        .arg(bpffs.arg())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running dns-xdp")
+}

@@ -5,7 +5,6 @@
 use std::{
     io::{Read, Write},
     net::{IpAddr, SocketAddr, TcpStream},
-    process::Output,
     time::Duration,
 };
 
@@ -20,19 +19,9 @@ use serde_json::Value;
 const ABUSER: &str = "198.18.0.10";
 const OTHER: &str = "198.18.0.11";
 
-fn dns_xdp(netns: &Netns, bpffs: &BpfFs, args: &[&str]) -> Output {
-    netns
-        .command(loader::binary().to_str().unwrap())
-        .args(args)
-        .arg(bpffs.arg())
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("running dns-xdp")
-}
-
 /// Runs a command that must succeed and print one JSON value.
 fn json(netns: &Netns, bpffs: &BpfFs, args: &[&str]) -> Value {
-    let output = dns_xdp(netns, bpffs, args);
+    let output = loader::run_command(netns, bpffs, args);
     assert!(
         output.status.success(),
         "{args:?}: {}",
@@ -47,7 +36,7 @@ fn json(netns: &Netns, bpffs: &BpfFs, args: &[&str]) -> Value {
 }
 
 fn ok(netns: &Netns, bpffs: &BpfFs, args: &[&str]) {
-    let output = dns_xdp(netns, bpffs, args);
+    let output = loader::run_command(netns, bpffs, args);
     assert!(
         output.status.success(),
         "{args:?}: {}",

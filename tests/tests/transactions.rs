@@ -6,7 +6,6 @@
 use std::{
     collections::BTreeSet,
     net::Ipv4Addr,
-    process::Output,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -18,7 +17,7 @@ use dns_xdp::{maps::Maps, programs::pin_dir, settings::IpNet};
 use dns_xdp_common::{Family, NS_PER_SEC};
 use dns_xdp_testkit::{
     loader::{self, BpfFs, Loader},
-    netns::{LINK, Netns, Pair},
+    netns::{LINK, Pair},
 };
 
 /// Changes each writer makes.
@@ -28,16 +27,6 @@ const LIMITS: [(&str, &str, u64, u64); 2] = [
     ("10/s", "20", NS_PER_SEC / 10, 20),
     ("20/s", "40", NS_PER_SEC / 20, 40),
 ];
-
-fn dns_xdp(netns: &Netns, bpffs: &BpfFs, args: &[&str]) -> Output {
-    netns
-        .command(loader::binary().to_str().unwrap())
-        .args(args)
-        .arg(bpffs.arg())
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("running dns-xdp")
-}
 
 /// The deny-list prefix the second writer adds `index`-th.
 fn prefix(index: u32) -> IpNet {
@@ -214,7 +203,7 @@ fn concurrent_changes_all_take_effect_and_no_reader_sees_a_mix() {
         start,
         config.generation
     );
-    let _ = dns_xdp(&pair.server, &bpffs, &["status", "--iface", LINK]);
+    let _ = loader::run_command(&pair.server, &bpffs, &["status", "--iface", LINK]);
 
     // The locks are root's: another user can neither take one (and block changes,
     // restarts or `detach`) nor make a file beside them.

@@ -69,21 +69,6 @@ fn a_deleted_and_recreated_interface_is_filtered_again_with_its_state() {
     assert!(!pair.server.xdp_attached(LINK), "Ctrl-C detached");
 }
 
-/// Runs the loader binary in `netns` with the pins of `bpffs`; its output.
-fn dns_xdp(
-    netns: &dns_xdp_testkit::netns::Netns,
-    bpffs: &dns_xdp_testkit::loader::BpfFs,
-    args: &[&str],
-) -> std::process::Output {
-    netns
-        .command(dns_xdp_testkit::loader::binary().to_str().unwrap())
-        .args(args)
-        .arg(bpffs.arg())
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn pins_of_another_namespaces_interface_are_not_adopted_and_a_gone_one_detaches() {
     let bpffs = dns_xdp_testkit::loader::BpfFs::new().unwrap();
@@ -93,7 +78,8 @@ fn pins_of_another_namespaces_interface_are_not_adopted_and_a_gone_one_detaches(
     loader.interrupt().unwrap();
     assert!(first.server.xdp_attached(LINK));
     // The second namespace's dns0 has the same name and the same pin root: refused.
-    let refused = dns_xdp(&second.server, &bpffs, &["attach", "--iface", LINK]);
+    let refused =
+        dns_xdp_testkit::loader::run_command(&second.server, &bpffs, &["attach", "--iface", LINK]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(1), "{stderr}");
     assert!(
@@ -107,7 +93,7 @@ fn pins_of_another_namespaces_interface_are_not_adopted_and_a_gone_one_detaches(
     );
     // The first interface goes; `detach` still removes the instance's pins.
     first.server.ip(&["link", "del", LINK]).unwrap();
-    let status = dns_xdp(
+    let status = dns_xdp_testkit::loader::run_command(
         &first.server,
         &bpffs,
         &["status", "--iface", LINK, "--json"],
@@ -120,7 +106,8 @@ fn pins_of_another_namespaces_interface_are_not_adopted_and_a_gone_one_detaches(
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status["present"], false);
     assert!(status["pins"].is_string());
-    let detached = dns_xdp(&first.server, &bpffs, &["detach", "--iface", LINK]);
+    let detached =
+        dns_xdp_testkit::loader::run_command(&first.server, &bpffs, &["detach", "--iface", LINK]);
     assert!(
         detached.status.success(),
         "{}",
