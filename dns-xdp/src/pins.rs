@@ -192,8 +192,20 @@ impl InstanceLock {
         Ok(Self { _file: file, path })
     }
 
-    /// Releases the lock and deletes its file: the instance is gone.
+    /// Releases the lock and deletes its file, and the instance's other files beside it
+    /// (its configuration lock, the record of its configuration file): the instance is
+    /// gone.
     pub fn remove(self) {
+        if let Some(stem) = self
+            .path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(|name| name.strip_suffix(".lock"))
+        {
+            for suffix in [".config.lock", ".config-file"] {
+                let _ = fs::remove_file(self.path.with_file_name(format!("{stem}{suffix}")));
+            }
+        }
         let _ = fs::remove_file(&self.path);
     }
 }

@@ -235,4 +235,6 @@ fn concurrent_changes_all_take_effect_and_no_reader_sees_a_mix() {
         config_lock.display()
     );
     loader.interrupt().expect("detaching");
+    // The instance is gone: so are its files beside the locks.
+    assert!(!config_lock.exists(), "{} left", config_lock.display());
 }
