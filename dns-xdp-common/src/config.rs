@@ -50,6 +50,12 @@ pub struct Config {
     pub slip_cap: Limit,
     /// Slipped replies to one destination prefix (`SLIP_V4_PREFIX`, `SLIP_V6_PREFIX`).
     pub slip_prefix_cap: Limit,
+    /// Samples per second to the `SAMPLES` ring, all CPUs together: beyond it a query
+    /// due to be sampled is not (counted `samples_capped`), so a flood costs at most this.
+    pub sample_cap: Limit,
+    /// Sample one in `sample_every` queries of each decision (counted per CPU); 0: off.
+    pub sample_every: u32,
+    pub _reserved: u32,
     /// Counts the configurations written to this instance: a writer writes the spare
     /// slot with the live generation + 1 and flips only if the live one is still the one
     /// it read (the programs ignore it).

@@ -171,6 +171,12 @@ counters! {
     /// fragments of TCP to a DNS port: dropped (the client retries with a plain SYN; no
     /// stack fragments TCP).
     TcpUnusual => "tcp_unusual",
+    /// Queries sampled into the `SAMPLES` ring buffer (one in --sample-every per decision).
+    SamplesTaken => "samples_taken",
+    /// Samples the ring had no room for: no reader, or one too slow.
+    SamplesLost => "samples_lost",
+    /// Samples not taken because the samples-per-second cap was spent.
+    SamplesCapped => "samples_capped",
 }
 
 counters! {

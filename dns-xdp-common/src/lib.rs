@@ -13,6 +13,7 @@ pub mod keys;
 pub mod limits;
 pub mod maps;
 pub mod ports;
+pub mod samples;
 pub mod tcp;
 
 pub use class::*;
@@ -43,7 +44,9 @@ mod user {
         super::ListEntry,
         super::AwaitedKey,
         super::AwaitedState,
-        super::FragmentKey
+        super::FragmentKey,
+        super::samples::QuerySample,
+        super::samples::SampledTypes
     );
 }
 

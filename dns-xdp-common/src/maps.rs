@@ -5,6 +5,7 @@
 
 use core::mem::size_of;
 
+use crate::samples::{DECISIONS, SampledTypes};
 use crate::{
     AwaitedKey, AwaitedState, Config, Counters, EgressCounters, FragmentKey, ListEntry, SourceKey,
     SourceState,
@@ -69,11 +70,17 @@ pub const SLIP_CAP: MapSpec = spec("SLIP_CAP", INDEX, TIME, false);
 pub const SLIP_PREFIX_CAPS: MapSpec = spec("SLIP_PREFIX_CAPS", INDEX, TIME, false);
 pub const UNTRACKED: MapSpec = spec("UNTRACKED", INDEX, UNTRACKED_WORDS * 8, false);
 pub const SCRATCH: MapSpec = spec("SCRATCH", INDEX, SLIP_SCRATCH_LEN, false);
+/// The sampled queries' ring buffer (no key or value). Pinned so that readers in other
+/// processes (`dns-xdp log`) find it; it holds nothing worth keeping across loads.
+pub const SAMPLES: MapSpec = spec("SAMPLES", 0, 0, true);
+pub const SAMPLE_TICKS: MapSpec = spec("SAMPLE_TICKS", INDEX, DECISIONS * 8, false);
+pub const SAMPLE_CAP: MapSpec = spec("SAMPLE_CAP", INDEX, TIME, false);
+pub const SAMPLED_TYPES: MapSpec = spec("SAMPLED_TYPES", INDEX, size_of::<SampledTypes>(), true);
 /// aya-log's ring buffer (no key or value).
 pub const AYA_LOGS: MapSpec = spec("AYA_LOGS", 0, 0, false);
 
 /// Every map of the production object.
-pub const MAPS: [MapSpec; 15] = [
+pub const MAPS: [MapSpec; 19] = [
     CONFIG,
     CONFIG_SLOT,
     COUNTERS,
@@ -88,6 +95,10 @@ pub const MAPS: [MapSpec; 15] = [
     SLIP_PREFIX_CAPS,
     UNTRACKED,
     SCRATCH,
+    SAMPLES,
+    SAMPLE_TICKS,
+    SAMPLE_CAP,
+    SAMPLED_TYPES,
     AYA_LOGS,
 ];
 
@@ -105,7 +116,7 @@ mod tests {
         for (index, map) in MAPS.iter().enumerate() {
             assert!(MAPS[index + 1..].iter().all(|other| other.name != map.name));
         }
-        let pinned: [&str; 9] = core::array::from_fn(|index| pinned().nth(index).unwrap().name);
+        let pinned: [&str; 11] = core::array::from_fn(|index| pinned().nth(index).unwrap().name);
         assert_eq!(
             pinned,
             [
@@ -117,7 +128,9 @@ mod tests {
                 "LIST_V4",
                 "LIST_V6",
                 "AWAITED",
-                "FRAGMENTS"
+                "FRAGMENTS",
+                "SAMPLES",
+                "SAMPLED_TYPES"
             ]
         );
     }

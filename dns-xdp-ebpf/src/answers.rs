@@ -6,6 +6,7 @@ use crate::ingress::refuse;
 use crate::maps::{AWAITED, FRAGMENTS};
 use crate::parse::{Frame, Transport};
 use crate::policy::police_query;
+use crate::sample::Verdict;
 use aya_ebpf::bindings::xdp_action;
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::programs::XdpContext;
@@ -76,7 +77,7 @@ pub(crate) fn admit_fragment(
     transport: &Transport,
     config: &Config,
     counters: &mut Counters,
-) -> u32 {
+) -> Verdict {
     if let Some(remote) = frame.source_address(transport) {
         let key = FragmentKey::new(remote, transport.fragment_id, transport.family);
         // SAFETY: a helper without arguments.
@@ -87,7 +88,7 @@ pub(crate) fn admit_fragment(
             expires >= now
         }) {
             counters.bump(Counter::FragmentAdmitted);
-            return xdp_action::XDP_PASS;
+            return Verdict::unsampled(xdp_action::XDP_PASS);
         }
     }
     counters.bump(Counter::FragmentPoliced);

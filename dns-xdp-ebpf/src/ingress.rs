@@ -2,9 +2,10 @@
 //! decision (a query to the policy, an answer or a later fragment to answer admission).
 
 use crate::answers::{admit_answer, admit_fragment};
-use crate::maps::{COUNTERS, config, untracked};
+use crate::maps::{COUNTERS, PACKET_SLOT, config, untracked_in};
 use crate::parse::{Frame, Transport};
 use crate::policy::police_query;
+use crate::sample::sample;
 use aya_ebpf::bindings::xdp_action;
 use aya_ebpf::programs::XdpContext;
 use dns_xdp_common::{Class, Config, Counter, Counters};
@@ -31,19 +32,21 @@ pub(crate) fn try_dns_xdp(ctx: &XdpContext) -> Result<u32, ()> {
         (Err(_), _) => return Ok(refuse(config, counters)),
         (Ok(transport), _) => forget_layout(transport).ok_or(())?,
     };
-    Ok(match class {
+    let verdict = match class {
         Class::Query { .. } => police_query(ctx, &frame, &transport, config, counters),
-        Class::Answer { .. } => admit_answer(&frame, &transport, config, counters),
+        Class::Answer { .. } => return Ok(admit_answer(&frame, &transport, config, counters)),
         _ => admit_fragment(ctx, &frame, &transport, config, counters),
-    })
+    };
+    Ok(sample(ctx, verdict))
 }
 
 /// `transport` with its values unknown to the verifier, so that nothing after this point
 /// is verified once per header layout the parser can leave (each layout ends with
 /// different constant offsets, and states that differ in a constant do not merge).
+/// The stored copy stays in `PACKET_SLOT` for the sampler.
 #[inline(always)]
 pub(crate) fn forget_layout(transport: Transport) -> Option<Transport> {
-    untracked(transport.to_stored()).map(Transport::from_stored)
+    untracked_in(PACKET_SLOT, transport.to_stored()).map(Transport::from_stored)
 }
 
 /// Drop, or pass and count in dry-run.

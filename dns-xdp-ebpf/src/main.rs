@@ -15,6 +15,8 @@ mod ingress;
 mod maps;
 mod parse;
 mod policy;
+mod question;
+mod sample;
 mod slip;
 mod tcp;
 

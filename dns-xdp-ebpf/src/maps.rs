@@ -2,8 +2,9 @@
 //! and the two accessors every packet uses: the live configuration and `untracked`.
 
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{Array, LpmTrie, LruHashMap, PerCpuArray};
+use aya_ebpf::maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf};
 use dns_xdp_common::maps::{SLIP_SCRATCH_LEN, UNTRACKED_WORDS};
+use dns_xdp_common::samples::{DECISIONS, SAMPLE_RING_BYTES, SampledTypes};
 use dns_xdp_common::{
     AWAITED_TABLE_SIZE, AwaitedKey, AwaitedState, Config, Counters, DEFAULT_TABLE_SIZE,
     EgressCounters, FRAGMENT_TABLE_SIZE, FragmentKey, ListEntry, MAX_LIST_ENTRIES,
@@ -63,14 +64,20 @@ pub(crate) static AWAITED: LruHashMap<AwaitedKey, AwaitedState> =
 pub(crate) static FRAGMENTS: LruHashMap<FragmentKey, u64> =
     LruHashMap::with_max_entries(FRAGMENT_TABLE_SIZE, 0);
 
-/// Values `dns_xdp` hands from one step to the next through memory, one slot per CPU,
-/// so that the verifier no longer knows them (`untracked`): the parsed transport (its
-/// offsets differ by header layout), a query's charge (bucket and cost). What follows
-/// is then verified once for all their values, not once for each (see
-/// docs/ARCHITECTURE.md, "Verifier budget"). Written and read back by `dns_xdp` only.
+/// Values `dns_xdp` hands from one step to the next through memory, two slots per CPU,
+/// so that the verifier no longer knows them (`untracked`): slot `STEP_SLOT` a query's
+/// charge (bucket and cost), slot `PACKET_SLOT` the parsed transport (its offsets
+/// differ by header layout) and then the verdict, for the sampler. What follows is then
+/// verified once for all their values, not once for each (see docs/ARCHITECTURE.md,
+/// "Verifier budget"). Written and read back by `dns_xdp` only.
 #[map]
 pub(crate) static UNTRACKED: PerCpuArray<[u64; UNTRACKED_WORDS]> =
-    PerCpuArray::with_max_entries(1, 0);
+    PerCpuArray::with_max_entries(2, 0);
+
+/// `UNTRACKED` slot of the values handed between the policy's steps.
+pub(crate) const STEP_SLOT: u32 = 0;
+/// `UNTRACKED` slot of what holds for the whole packet: its transport, then its verdict.
+pub(crate) const PACKET_SLOT: u32 = 1;
 
 /// The global slip cap's GCRA theoretical arrival time, shared by all CPUs; written here.
 #[map]
@@ -82,6 +89,26 @@ pub(crate) static SLIP_CAP: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 pub(crate) static SLIP_PREFIX_CAPS: Array<u64> = Array::with_max_entries(SLIP_PREFIX_SLOTS, 0);
 
+/// Sampled queries with their verdicts (`QuerySample`); written here, read by one
+/// reader at a time (`dns-xdp log`, `top --queries`). Pinned, so readers find it.
+#[map]
+pub(crate) static SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLE_RING_BYTES, 0);
+
+/// Queries seen per decision on this CPU, to sample one in `sample_every`; written and
+/// read here only.
+#[map]
+pub(crate) static SAMPLE_TICKS: PerCpuArray<[u64; DECISIONS]> = PerCpuArray::with_max_entries(1, 0);
+
+/// The samples-per-second cap's GCRA theoretical arrival time, shared by all CPUs;
+/// written here.
+#[map]
+pub(crate) static SAMPLE_CAP: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Samples by decision and question type, one copy per CPU; written here, summed by the
+/// loader (metrics).
+#[map]
+pub(crate) static SAMPLED_TYPES: PerCpuArray<SampledTypes> = PerCpuArray::with_max_entries(1, 0);
+
 /// The live configuration.
 #[inline(always)]
 pub(crate) fn config() -> Result<&'static Config, ()> {
@@ -92,8 +119,14 @@ pub(crate) fn config() -> Result<&'static Config, ()> {
 /// `value` stored in `UNTRACKED` and read back: the same value, unknown to the verifier.
 #[inline(always)]
 pub(crate) fn untracked<T: Copy>(value: T) -> Option<T> {
+    untracked_in(STEP_SLOT, value)
+}
+
+/// `value` stored at the start of `UNTRACKED` slot `slot` and read back.
+#[inline(always)]
+pub(crate) fn untracked_in<T: Copy>(slot: u32, value: T) -> Option<T> {
     const { assert!(size_of::<T>() <= size_of::<[u64; UNTRACKED_WORDS]>() && align_of::<T>() <= 8) };
-    let slot = UNTRACKED.get_ptr_mut(0)?.cast::<T>();
+    let slot = UNTRACKED.get_ptr_mut(slot)?.cast::<T>();
     // SAFETY: this CPU's slot, large and aligned enough (checked above); XDP programs do
     // not nest on a CPU. Volatile, so the compiler does not forward the value past the map.
     unsafe {

@@ -4,6 +4,7 @@
 use crate::ingress::refuse;
 use crate::maps::{BUDGET, LIST_V4, LIST_V6, SLIP_CAP, SLIP_PREFIX_CAPS, SOURCES, untracked};
 use crate::parse::{Frame, Transport};
+use crate::sample::Verdict;
 use crate::tcp::{CHARGE_DUE, StreamCharge, police_segment_apart};
 use aya_ebpf::bindings::xdp_action;
 use aya_ebpf::cty::c_void;
@@ -11,6 +12,7 @@ use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_loop};
 use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::programs::XdpContext;
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
+use dns_xdp_common::samples::Decision;
 use dns_xdp_common::tcp::{MAX_SEGMENT_COST, TcpStream};
 use dns_xdp_common::{
     BUCKET_TCP_CONNECT, BUCKET_TCP_DATA, BUCKET_UDP, Config, Counter, Counters, Family, L4,
@@ -61,7 +63,7 @@ pub(crate) fn police_query(
     transport: &Transport,
     config: &Config,
     counters: &mut Counters,
-) -> u32 {
+) -> Verdict {
     let mut stream = None;
     let bucket = match transport.l4 {
         // Sanity first: a datagram that cannot be a query is refused whatever its source.
@@ -72,7 +74,7 @@ pub(crate) fn police_query(
             };
             if let Some(defect) = defect {
                 counters.bump(defect);
-                return refuse(config, counters);
+                return Verdict::new(refuse(config, counters), Decision::NotQuery);
             }
             BUCKET_UDP
         }
@@ -83,7 +85,7 @@ pub(crate) fn police_query(
         // is sized to fit the path.
         L4::Tcp if transport.first_fragment || (transport.syn && transport.payload_len != 0) => {
             counters.bump(Counter::TcpUnusual);
-            return refuse(config, counters);
+            return Verdict::new(refuse(config, counters), Decision::TcpRefused);
         }
         L4::Tcp if transport.syn => BUCKET_TCP_CONNECT,
         L4::Tcp => {
@@ -93,8 +95,12 @@ pub(crate) fn police_query(
                 next: TcpStream::default(),
             };
             let verdict = police_segment_apart(ctx, transport, config, counters, &mut charge);
+            if verdict == xdp_action::XDP_PASS {
+                // A segment without data (an ACK, a FIN): nothing to sample.
+                return Verdict::unsampled(verdict);
+            }
             if verdict != CHARGE_DUE {
-                return verdict;
+                return Verdict::new(verdict, Decision::TcpRefused);
             }
             // One call of the policy below: each call site is verified on its own.
             stream = Some(charge);
@@ -103,7 +109,7 @@ pub(crate) fn police_query(
     };
     let cost = stream.map_or(1, |charge| u64::from(charge.messages));
     let verdict = police_source(ctx, frame, transport, config, counters, bucket, cost);
-    if let (Some(charge), xdp_action::XDP_PASS) = (stream, verdict) {
+    if let (Some(charge), xdp_action::XDP_PASS) = (stream, verdict.action) {
         // SAFETY: the connection's record, looked up by police_segment.
         unsafe { (*charge.state).stream = charge.next };
     }
@@ -123,9 +129,10 @@ pub(crate) fn police_source(
     counters: &mut Counters,
     bucket: u8,
     cost: u64,
-) -> u32 {
+) -> Verdict {
+    let admitted = Verdict::new(xdp_action::XDP_PASS, Decision::Admitted);
     if !config.metered() && !config.has_list(transport.family) {
-        return xdp_action::XDP_PASS;
+        return admitted;
     }
     let source = if transport.family == Family::V6 {
         frame.ipv6_source(transport.l3).map(Source::V6)
@@ -133,24 +140,24 @@ pub(crate) fn police_source(
         frame.ipv4_source(transport.l3).map(Source::V4)
     };
     let Ok(source) = source else {
-        return xdp_action::XDP_PASS;
+        return admitted;
     };
     if let Some(entry) = source.listed(config) {
         atomic_add(core::ptr::from_ref(&entry.hits).cast_mut(), 1);
         if entry.action == LIST_ALLOW {
             counters.bump(Counter::Allowed);
-            return xdp_action::XDP_PASS;
+            return Verdict::new(xdp_action::XDP_PASS, Decision::Allowed);
         }
         counters.bump(Counter::Denied);
-        return refuse(config, counters);
+        return Verdict::new(refuse(config, counters), Decision::Denied);
     }
     if !config.metered() {
-        return xdp_action::XDP_PASS;
+        return admitted;
     }
     // Which bucket and how much: constants on some paths, so hidden from the verifier,
     // which would otherwise verify the level walk once for each.
     let Some([bucket, cost]) = untracked([u64::from(bucket), cost]) else {
-        return xdp_action::XDP_PASS;
+        return admitted;
     };
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -162,6 +169,7 @@ pub(crate) fn police_source(
         tcp: bucket as u8,
         cost,
         refused: false,
+        level: 0,
         heavy: false,
     };
     // One verified step per level (bpf_loop): unrolled, four levels of compare-and-swap
@@ -180,18 +188,19 @@ pub(crate) fn police_source(
     if !walk.refused {
         if !config.budget.is_on() || spend_budget(walk.now, &config.budget, walk.heavy, cost) {
             counters.bump(Counter::RatePassed);
-            return xdp_action::XDP_PASS;
+            return admitted;
         }
         counters.bump(if walk.heavy {
             Counter::BudgetShedHeavy
         } else {
             Counter::BudgetShedLight
         });
-        return refuse(config, counters);
+        return Verdict::new(refuse(config, counters), Decision::BudgetShed);
     }
     counters.bump(Counter::RateLimited);
+    let limited = |action| Verdict::at_level(action, Decision::Limited, walk.level);
     if config.dry_run() {
-        return refuse(config, counters);
+        return limited(refuse(config, counters));
     }
     // Slip one in N refused UDP queries (N counted per CPU): a truncated reply sends a
     // real client to TCP, where spoofing cannot follow.
@@ -204,14 +213,14 @@ pub(crate) fn police_source(
     {
         if !within_slip_caps(&walk.source, walk.now, config) {
             counters.bump(Counter::SlipCapped);
-            return xdp_action::XDP_DROP;
+            return limited(xdp_action::XDP_DROP);
         }
         if crate::slip::truncated_reply(ctx, transport).is_some() {
             counters.bump(Counter::Slipped);
-            return xdp_action::XDP_TX;
+            return Verdict::at_level(xdp_action::XDP_TX, Decision::Slipped, walk.level);
         }
     }
-    xdp_action::XDP_DROP
+    limited(xdp_action::XDP_DROP)
 }
 
 /// One query's walk over the prefix levels: `bpf_loop`'s context, on the caller's stack.
@@ -227,6 +236,8 @@ pub(crate) struct LevelWalk {
     cost: u64,
     /// A level refused the query (the walk stops there).
     refused: bool,
+    /// Which level refused it.
+    level: u8,
     /// A level that admitted the query has spent more than half its burst.
     heavy: bool,
 }
@@ -261,6 +272,7 @@ pub(crate) extern "C" fn level_step(index: u64, walk: *mut c_void) -> i64 {
                 atomic_add(&mut state.dropped, 1);
             }
             walk.refused = true;
+            walk.level = index as u8;
             1
         }
     }

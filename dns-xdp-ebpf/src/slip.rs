@@ -10,23 +10,19 @@
 
 use aya_ebpf::{
     bindings::xdp_md,
-    cty::c_void,
     helpers::{
-        bpf_csum_diff, bpf_loop, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
+        bpf_csum_diff, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
         bpf_xdp_store_bytes,
     },
     programs::XdpContext,
 };
-use dns_xdp_common::{DNS_HEADER_LEN, Family, fold_checksum};
+use dns_xdp_common::{DNS_HEADER_LEN, Family, NAME_COMPLETE, fold_checksum};
 
 use crate::{
     maps::SCRATCH,
     parse::{Frame, IPPROTO_UDP, Transport},
+    question::scan_name,
 };
-
-/// Labels walked in a question name: enough for an ip6.arpa name (34); a query with a
-/// longer name is dropped instead of slipped.
-const MAX_LABELS: u32 = 40;
 
 /// The longest reply message: header, a name of at most 255 bytes and its terminator,
 /// type and class.
@@ -213,66 +209,13 @@ fn udp_checksum(
     Some(checksum.to_ne_bytes())
 }
 
-/// Where the question (name, type, class) after the DNS header at `dns` ends: a
-/// `bpf_loop` over the labels.
+/// Where the question (name, type, class) after the DNS header at `dns` ends, if its
+/// name is whole and its type and class follow within the `len` bytes of the message.
 #[inline(always)]
 fn question_end(ctx: &XdpContext, dns: usize, len: usize) -> Option<usize> {
-    let start = (dns + DNS_HEADER_LEN) as u32;
-    let mut walk = NameWalk {
-        ctx: ctx.ctx,
-        start,
-        at: start,
-        message_end: (dns + len) as u32,
-        end: 0,
-    };
-    // SAFETY: the callback reads and writes `walk` only, which outlives the call.
-    unsafe {
-        bpf_loop(
-            MAX_LABELS,
-            label_step as *mut c_void,
-            core::ptr::from_mut(&mut walk).cast(),
-            0,
-        )
-    };
-    (walk.end != 0).then_some(walk.end as usize)
-}
-
-/// A walk over a question name: `bpf_loop`'s context, on the caller's stack.
-struct NameWalk {
-    ctx: *mut xdp_md,
-    /// Where the name starts and the label being read.
-    start: u32,
-    at: u32,
-    /// Where the DNS message ends.
-    message_end: u32,
-    /// Where the question ends, once found; 0 until then (or if it is malformed).
-    end: u32,
-}
-
-/// Reads the label at `walk.at`: 0 to go on to the next, 1 to stop (end found or
-/// malformed).
-extern "C" fn label_step(_index: u64, walk: *mut c_void) -> i64 {
-    // SAFETY: `walk` is the `NameWalk` question_end handed to bpf_loop.
-    let walk = unsafe { &mut *walk.cast::<NameWalk>() };
-    let mut label = 0u8;
-    // SAFETY: a one-byte read from the frame into a local.
-    if unsafe { bpf_xdp_load_bytes(walk.ctx, walk.at, (&raw mut label).cast(), 1) } != 0 {
-        return 1;
-    }
-    let label = u32::from(label);
-    if label == 0 {
-        let end = walk.at + 1 + 4;
-        if end <= walk.message_end {
-            walk.end = end;
-        }
-        return 1;
-    }
-    // A compression pointer or a reserved label type has no place in a query.
-    if label > 63 || walk.at + 1 + label - walk.start > 255 {
-        return 1;
-    }
-    walk.at += 1 + label;
-    0
+    let scan = scan_name(ctx, dns + DNS_HEADER_LEN, dns + len);
+    let end = scan.name_end + 4;
+    (scan.status == NAME_COMPLETE && end <= dns + len).then_some(end)
 }
 
 /// The `N` bytes at `offset`, bounds-checked, writable (XDP frames are).

@@ -9,6 +9,7 @@ pub mod patch;
 pub mod pins;
 pub mod programs;
 pub mod report;
+pub mod samples;
 pub mod settings;
 pub mod status;
 

@@ -196,6 +196,12 @@ struct SetArgs {
     /// Slipped replies per second to one destination /24 or /48.
     #[arg(long, value_name = "RATE")]
     slip_prefix_cap: Option<Rate>,
+    /// Sample one in N queries of each decision; 0: off.
+    #[arg(long, value_name = "N")]
+    sample: Option<u32>,
+    /// Samples per second, all decisions and CPUs together.
+    #[arg(long, value_name = "RATE")]
+    sample_cap: Option<Rate>,
     /// Replace the aggregate levels: `none` or `V4/V6:RATE:BURST,...`.
     #[arg(long, value_name = "LEVELS", value_parser = dns_xdp::settings::parse_levels)]
     levels: Option<Levels>,
@@ -558,6 +564,8 @@ fn set(args: &SetArgs) -> anyhow::Result<()> {
         slip: args.slip,
         slip_cap: args.slip_cap,
         slip_prefix_cap: args.slip_prefix_cap,
+        sample: args.sample,
+        sample_cap: args.sample_cap,
         levels: args.levels.clone(),
         budget: args.budget,
         budget_burst: args.budget_burst,

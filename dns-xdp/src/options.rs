@@ -203,6 +203,15 @@ pub struct Options {
     #[arg(long, value_name = "RATE")]
     #[serde(default, deserialize_with = "rate")]
     pub slip_prefix_cap: Option<Rate>,
+    /// Sample one in N queries of each decision (admitted, limited, denied, shed, ...)
+    /// for `dns-xdp log` and `top --queries`; 0: off [default: 100].
+    #[arg(long, value_name = "N")]
+    pub sample: Option<u32>,
+    /// Samples per second, all decisions and CPUs together: the most a flood can make
+    /// sampling cost [default: 1000/s].
+    #[arg(long, value_name = "RATE")]
+    #[serde(default, deserialize_with = "rate")]
+    pub sample_cap: Option<Rate>,
     /// Server budget: queries/s the server behind can answer (N, N/s, N/min). Above it,
     /// queries from heavy sources and prefixes (more than half a burst spent at some
     /// level) are shed first; light ones keep a reserve. Without it: no budget.
@@ -266,6 +275,8 @@ impl Options {
             slip: self.slip.or(file.slip),
             slip_cap: self.slip_cap.or(file.slip_cap),
             slip_prefix_cap: self.slip_prefix_cap.or(file.slip_prefix_cap),
+            sample: self.sample.or(file.sample),
+            sample_cap: self.sample_cap.or(file.sample_cap),
             budget: self.budget.or(file.budget),
             budget_burst: self.budget_burst.or(file.budget_burst),
             stats_interval: self.stats_interval.or(file.stats_interval),
@@ -332,6 +343,8 @@ impl Options {
             slip: self.slip.unwrap_or(defaults.slip),
             slip_cap: self.slip_cap.unwrap_or(defaults.slip_cap),
             slip_prefix_cap: self.slip_prefix_cap.unwrap_or(defaults.slip_prefix_cap),
+            sample: self.sample.unwrap_or(defaults.sample),
+            sample_cap: self.sample_cap.unwrap_or(defaults.sample_cap),
             budget: self.budget,
             budget_burst: self.budget_burst,
         };

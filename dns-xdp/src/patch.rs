@@ -7,7 +7,7 @@ use std::str::FromStr;
 use anyhow::{Context as _, bail};
 use dns_xdp_common::{Config, FLAG_BACKENDING, FLAG_DRY_RUN, FLAG_SANITY, Level, Limit};
 
-use crate::settings::{Levels, Rate, budget_limit, check_prefix_lengths, slip_cap_limit};
+use crate::settings::{Levels, Rate, budget_limit, cap_limit, check_prefix_lengths};
 
 /// A rate, or `off`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +54,8 @@ pub struct ConfigPatch {
     pub slip: Option<u32>,
     pub slip_cap: Option<Rate>,
     pub slip_prefix_cap: Option<Rate>,
+    pub sample: Option<u32>,
+    pub sample_cap: Option<Rate>,
     /// The aggregate levels (explicit, or none: `auto` needs the start-up rate).
     pub levels: Option<Levels>,
     /// The server budget, or off, with its burst.
@@ -132,10 +134,16 @@ impl ConfigPatch {
             config.slip = slip;
         }
         if let Some(cap) = self.slip_cap {
-            config.slip_cap = slip_cap_limit(cap)?;
+            config.slip_cap = cap_limit(cap)?;
         }
         if let Some(cap) = self.slip_prefix_cap {
-            config.slip_prefix_cap = slip_cap_limit(cap)?;
+            config.slip_prefix_cap = cap_limit(cap)?;
+        }
+        if let Some(sample) = self.sample {
+            config.sample_every = sample;
+        }
+        if let Some(cap) = self.sample_cap {
+            config.sample_cap = cap_limit(cap)?;
         }
         match (self.budget, self.budget_burst) {
             (Some(budget), burst) => config.budget = budget_limit(budget.rate(), burst)?,

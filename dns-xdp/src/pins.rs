@@ -170,6 +170,29 @@ pub fn recorded_config_file(dir: &Path) -> Option<PathBuf> {
     fs::read_to_string(path).ok().map(PathBuf::from)
 }
 
+/// The lock of the reader of an instance's sampled queries (`dns-xdp log`, `top
+/// --queries`): a BPF ring buffer has one consumer position, so two readers would each
+/// see part of the samples. Not waited for: the second reader is told who holds it.
+pub struct SampleLock {
+    _file: File,
+}
+
+impl SampleLock {
+    pub fn acquire(dir: &Path, iface: &str) -> anyhow::Result<Self> {
+        let path = lock_path(&format!("{}.samples.lock", escaped(&dir.to_string_lossy())))?;
+        let file = lock_file(&path)?;
+        // SAFETY: a valid, open file descriptor.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            bail!(
+                "the samples of {iface} are being read by another `dns-xdp log` or `top \
+                 --queries` (lock {} is held); a ring buffer has one reader: stop that one first",
+                path.display()
+            );
+        }
+        Ok(Self { _file: file })
+    }
+}
+
 /// An exclusive lock on an instance (pin directory), held for a loader's lifetime and
 /// released by the kernel when the process dies, whatever the way.
 pub struct InstanceLock {
@@ -202,7 +225,7 @@ impl InstanceLock {
             .and_then(|name| name.to_str())
             .and_then(|name| name.strip_suffix(".lock"))
         {
-            for suffix in [".config.lock", ".config-file"] {
+            for suffix in [".config.lock", ".config-file", ".samples.lock"] {
                 let _ = fs::remove_file(self.path.with_file_name(format!("{stem}{suffix}")));
             }
         }

@@ -131,6 +131,15 @@ impl Programs {
         &self.maps
     }
 
+    /// The reader of the sampled queries' ring (once: a ring has one reader).
+    pub fn take_samples(&mut self) -> anyhow::Result<crate::samples::SampleReader> {
+        let map = self
+            .ebpf
+            .take_map(dns_xdp_common::maps::SAMPLES.name)
+            .context("SAMPLES was taken already")?;
+        crate::samples::SampleReader::new(map)
+    }
+
     pub fn maps_mut(&mut self) -> &mut Maps {
         &mut self.maps
     }

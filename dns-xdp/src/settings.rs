@@ -201,7 +201,21 @@ pub struct Settings {
     pub slip_cap: Rate,
     /// Slipped replies per second to one destination /24 or /48 (burst: one second's).
     pub slip_prefix_cap: Rate,
+    /// Sample one in `sample` queries of each decision; 0: off.
+    pub sample: u32,
+    /// Samples per second, all CPUs together (burst: one second's).
+    pub sample_cap: Rate,
 }
+
+/// Default `sample`: one in 100 queries of each decision, enough to see what a flood
+/// asks within a second, at no cost worth measuring below the cap.
+pub const DEFAULT_SAMPLE: u32 = 100;
+/// Default `sample_cap`: what a reader decodes without effort, and a fixed, small cost
+/// however large the flood (see docs/benchmarks.md).
+pub const DEFAULT_SAMPLE_CAP: Rate = Rate {
+    packets: 1000,
+    period_ns: NS_PER_SEC,
+};
 
 /// Default `slip_cap`: far more than real clients sent to TCP need, far too little
 /// for a reflector.
@@ -229,8 +243,9 @@ pub fn check_prefix_lengths(v4: u8, v6: u8) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The kernel form of a slip cap: `rate` with a burst of one second's worth (at least 1).
-pub fn slip_cap_limit(rate: Rate) -> anyhow::Result<Limit> {
+/// The kernel form of a cap (slips, samples): `rate` with a burst of one second's worth
+/// (at least 1).
+pub fn cap_limit(rate: Rate) -> anyhow::Result<Limit> {
     let burst = packets_in(rate, NS_PER_SEC);
     Limit::new(rate.packets, rate.period_ns, burst)
         .with_context(|| format!("slip cap {rate} out of range"))
@@ -305,6 +320,8 @@ impl Default for Settings {
             slip_cap: DEFAULT_SLIP_CAP,
             slip_prefix_cap: DEFAULT_SLIP_PREFIX_CAP,
             budget_burst: None,
+            sample: DEFAULT_SAMPLE,
+            sample_cap: DEFAULT_SAMPLE_CAP,
         }
     }
 }
@@ -422,8 +439,11 @@ impl Settings {
             allowed_opcodes: self.opcodes,
             slip: self.slip,
             budget: budget_limit(self.budget, self.budget_burst)?,
-            slip_cap: slip_cap_limit(self.slip_cap)?,
-            slip_prefix_cap: slip_cap_limit(self.slip_prefix_cap)?,
+            slip_cap: cap_limit(self.slip_cap)?,
+            slip_prefix_cap: cap_limit(self.slip_prefix_cap)?,
+            sample_cap: cap_limit(self.sample_cap)?,
+            sample_every: self.sample,
+            _reserved: 0,
             generation: 0,
         })
     }

@@ -280,6 +280,8 @@ pub fn config_json(config: &Config) -> Value {
     value["generation"] = json!(config.generation);
     value["slip_cap_per_s"] = json!(per_second(&config.slip_cap));
     value["slip_prefix_cap_per_s"] = json!(per_second(&config.slip_prefix_cap));
+    value["sample"] = json!(config.sample_every);
+    value["sample_cap_per_s"] = json!(per_second(&config.sample_cap));
     value["budget"] = config
         .budget
         .is_on()
