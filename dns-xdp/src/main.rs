@@ -1,6 +1,7 @@
 //! `dns-xdp`: attach the DNS fast path to an interface, and operate it from any shell.
 
 use std::{
+    io::Write as _,
     path::PathBuf,
     process::ExitCode,
     time::{Duration, Instant},
@@ -14,10 +15,11 @@ use dns_xdp::{
     metrics,
     options::{Options, parse_interval},
     patch::{ConfigPatch, RateOrOff},
-    pins::ConfigLock,
+    pins::{ConfigLock, SampleLock},
     programs::InterfaceEvent,
     programs::{DEFAULT_PIN_ROOT, detach_pinned, if_index, pin_dir},
     report::{Event, Report, rates},
+    samples::{QueryTop, SampleReader},
     settings::{IpNet, Levels, Rate, parse_cidr},
     status::{self, Status},
 };
@@ -48,8 +50,12 @@ enum Command {
     Status(StatusArgs),
     /// Counters of a running instance (with --watch, rates per second too).
     Stats(WatchArgs),
-    /// Sources of a running instance whose queries were refused most.
-    Top(WatchArgs),
+    /// Sources of a running instance whose queries were refused most (with --queries:
+    /// the refused prefixes in the sampled queries, with the names and types they ask).
+    Top(TopArgs),
+    /// Sampled queries of a running instance as they arrive, one JSON object per line
+    /// (for Filebeat, Vector, Promtail and other log shippers).
+    Log(LogArgs),
     /// Change a running instance's limits; the next packets see the change.
     Set(SetArgs),
     /// The allow list of a running instance: never rate limited.
@@ -157,6 +163,120 @@ struct WatchArgs {
     /// Print JSON (one object per line with --watch) instead of text.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(clap::Args)]
+struct TopArgs {
+    #[command(flatten)]
+    watch: WatchArgs,
+    /// Read the sampled queries for a window (--window, or the --watch period) and show
+    /// the refused prefixes with their top names, domains and types.
+    #[arg(long)]
+    queries: bool,
+    /// With --queries and without --watch: how long to read samples.
+    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = parse_interval)]
+    window: Duration,
+}
+
+#[derive(clap::Args)]
+struct LogArgs {
+    #[command(flatten)]
+    instance: InstanceArgs,
+    /// Stop after this many samples (default: until interrupted).
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Stop after this many seconds (default: until interrupted).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_interval)]
+    duration: Option<Duration>,
+}
+
+impl InstanceArgs {
+    /// The reader of the instance's sampled queries, and the lock that makes it the only one.
+    fn samples(&self) -> anyhow::Result<(SampleReader, SampleLock)> {
+        self.maps()?;
+        let dir = pin_dir(&self.pin_root, &self.iface);
+        let lock = SampleLock::acquire(&dir, &self.iface)?;
+        Ok((SampleReader::open_pinned(&dir)?, lock))
+    }
+}
+
+/// How often a sample reader looks into the ring: well within the time the ring takes
+/// to fill at the cap (it holds several seconds' worth at the default).
+const SAMPLE_POLL: Duration = Duration::from_millis(100);
+
+/// Prints the instance's samples as JSON lines until interrupted (or --count, --duration).
+async fn log_samples(args: &LogArgs) -> anyhow::Result<()> {
+    let (mut reader, _lock) = args.instance.samples()?;
+    let started = Instant::now();
+    let mut printed = 0u64;
+    let mut ticker = interval(SAMPLE_POLL);
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut stdout = std::io::stdout().lock();
+    loop {
+        for sample in reader.read() {
+            if args.count.is_some_and(|count| printed >= count) {
+                return Ok(());
+            }
+            // A closed pipe (the shipper or `head` went away) ends the log quietly.
+            if writeln!(stdout, "{}", sample.json(&args.instance.iface)).is_err() {
+                return Ok(());
+            }
+            printed += 1;
+        }
+        if stdout.flush().is_err()
+            || args.count.is_some_and(|count| printed >= count)
+            || args
+                .duration
+                .is_some_and(|duration| started.elapsed() >= duration)
+        {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = sigint.recv() => return Ok(()),
+            _ = sigterm.recv() => return Ok(()),
+            _ = ticker.tick() => {}
+        }
+    }
+}
+
+/// `top --queries`: samples read over a window, shown by refused prefix.
+async fn top_queries(args: &TopArgs) -> anyhow::Result<()> {
+    let instance = &args.watch.instance;
+    let (mut reader, _lock) = instance.samples()?;
+    let window = args.watch.watch.unwrap_or(args.window);
+    // What waited in the ring before this reader came is older than the window.
+    let started = std::time::SystemTime::now();
+    let mut ticker = interval(SAMPLE_POLL);
+    let mut sigint = signal(SignalKind::interrupt())?;
+    loop {
+        let mut top = QueryTop::default();
+        let window_start = Instant::now();
+        while window_start.elapsed() < window {
+            for sample in reader.read() {
+                if sample.time >= started {
+                    top.add(&sample);
+                }
+            }
+            tokio::select! {
+                _ = sigint.recv() => return Ok(()),
+                _ = ticker.tick() => {}
+            }
+        }
+        for sample in reader.read() {
+            if sample.time >= started {
+                top.add(&sample);
+            }
+        }
+        if args.watch.json {
+            println!("{}", top.json(&instance.iface, window, args.watch.top));
+        } else {
+            println!("{}", top.text(&instance.iface, window, args.watch.top));
+        }
+        if args.watch.watch.is_none() {
+            return Ok(());
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -272,7 +392,9 @@ fn main() -> ExitCode {
         },
         Command::Status(args) => status(&args),
         Command::Stats(args) => runtime.block_on(watch(&args, false)),
-        Command::Top(args) => runtime.block_on(watch(&args, true)),
+        Command::Top(args) if args.queries => runtime.block_on(top_queries(&args)),
+        Command::Top(args) => runtime.block_on(watch(&args.watch, true)),
+        Command::Log(args) => runtime.block_on(log_samples(&args)),
         Command::Set(args) => set(&args),
         Command::Allow(args) => list(args.action, true),
         Command::Deny(args) => list(args.action, false),

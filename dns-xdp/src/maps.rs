@@ -12,9 +12,10 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
 };
+use bytemuck::Zeroable as _;
 use dns_xdp_common::{
     Config, Counters, EgressCounters, FAMILY_V4, Family, LIST_ALLOW, LIST_DENY, ListEntry,
-    SourceKey, SourceState, maps as spec,
+    SourceKey, SourceState, maps as spec, samples::SampledTypes,
 };
 use ipnet::IpNet;
 
@@ -116,6 +117,7 @@ pub struct Maps {
     table_size: u32,
     list_v4: LpmTrie<MapData, [u8; 4], ListEntry>,
     list_v6: LpmTrie<MapData, [u8; 16], ListEntry>,
+    sampled_types: PerCpuArray<MapData, SampledTypes>,
 }
 
 impl Maps {
@@ -152,6 +154,7 @@ impl Maps {
             table_size,
             list_v4: LpmTrie::try_from(get(spec::LIST_V4.name)?)?,
             list_v6: LpmTrie::try_from(get(spec::LIST_V6.name)?)?,
+            sampled_types: PerCpuArray::try_from(get(spec::SAMPLED_TYPES.name)?)?,
         })
     }
 
@@ -221,6 +224,20 @@ impl Maps {
     pub fn counters(&self) -> anyhow::Result<Counters> {
         let mut total = Counters::default();
         for per_cpu in self.counters.get(&0, 0).context("reading COUNTERS")?.iter() {
+            total.add(per_cpu);
+        }
+        Ok(total)
+    }
+
+    /// Samples by decision and question type, summed over all CPUs.
+    pub fn sampled_types(&self) -> anyhow::Result<SampledTypes> {
+        let mut total = SampledTypes::zeroed();
+        for per_cpu in self
+            .sampled_types
+            .get(&0, 0)
+            .context("reading SAMPLED_TYPES")?
+            .iter()
+        {
             total.add(per_cpu);
         }
         Ok(total)

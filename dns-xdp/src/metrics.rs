@@ -11,7 +11,10 @@ use std::{
 
 use anyhow::Context as _;
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
-use dns_xdp_common::{Counter as Index, EgressCounter};
+use dns_xdp_common::{
+    Counter as Index, EgressCounter,
+    samples::{COUNTED_QTYPES, Decision, QTYPE_OTHER},
+};
 use prometheus_client::{
     encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -25,6 +28,7 @@ use tokio::{
 use crate::{
     conntrack,
     maps::{Maps, top_refused},
+    samples::type_name,
 };
 
 type Labels = Vec<(String, String)>;
@@ -38,6 +42,13 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
 
 /// The metrics of the instance on `iface`, in the Prometheus text format. At most
 /// `top` sources are named, so label cardinality stays bounded.
+/// The sample counters, exported as `dns_xdp_samples_total{outcome}`.
+const SAMPLE_OUTCOMES: [(Index, &str); 3] = [
+    (Index::SamplesTaken, "taken"),
+    (Index::SamplesLost, "lost"),
+    (Index::SamplesCapped, "capped"),
+];
+
 pub fn render(maps: &Maps, iface: &str, top: usize) -> anyhow::Result<String> {
     let mut registry = Registry::with_prefix("dns_xdp");
     let counter_family = |registry: &mut Registry, name: &str, help: &str| {
@@ -60,8 +71,8 @@ pub fn render(maps: &Maps, iface: &str, top: usize) -> anyhow::Result<String> {
     );
     for &index in Index::ALL {
         let value = counters.get(index);
-        if index == Index::SourcesCreated {
-            continue; // its own series below
+        if index == Index::SourcesCreated || SAMPLE_OUTCOMES.iter().any(|(i, _)| *i == index) {
+            continue; // their own series below
         } else if index == Index::Packets {
             packets
                 .get_or_create(&labels(&[("iface", iface), ("class", "all")]))
@@ -85,6 +96,44 @@ pub fn render(maps: &Maps, iface: &str, top: usize) -> anyhow::Result<String> {
     created
         .get_or_create(&labels(&[("iface", iface)]))
         .inc_by(counters.get(Index::SourcesCreated));
+
+    let samples = counter_family(
+        &mut registry,
+        "samples",
+        "Queries due to be sampled, by outcome: taken into the ring, lost (ring full: no \
+         reader, or a slow one), capped (over --sample-cap)",
+    );
+    for (index, outcome) in SAMPLE_OUTCOMES {
+        samples
+            .get_or_create(&labels(&[("iface", iface), ("outcome", outcome)]))
+            .inc_by(counters.get(index));
+    }
+    let sampled = counter_family(
+        &mut registry,
+        "sampled_queries",
+        "Sampled queries by decision and question type (one in --sample per decision: \
+         multiply by it for an estimate of all queries)",
+    );
+    let types = maps.sampled_types()?;
+    for (decision, counts) in Decision::ALL.iter().zip(&types.counts) {
+        for (slot, &count) in counts.iter().enumerate() {
+            if count == 0 {
+                continue;
+            }
+            let qtype = match COUNTED_QTYPES.get(slot) {
+                Some(&qtype) => type_name(qtype),
+                None if slot == QTYPE_OTHER => "other".into(),
+                None => "none".into(),
+            };
+            sampled
+                .get_or_create(&labels(&[
+                    ("iface", iface),
+                    ("decision", decision.name()),
+                    ("qtype", &qtype),
+                ]))
+                .inc_by(count);
+        }
+    }
 
     let egress = maps.egress_counters()?;
     let egress_packets = counter_family(

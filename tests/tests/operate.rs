@@ -224,6 +224,16 @@ fn a_running_instance_is_operated_from_other_processes_and_survives_sigkill() {
         60.0 - 17.0
     );
     assert!(sample("dns_xdp_source_table_capacity", &[("iface", LINK)]) > 0.0);
+    // Sampled queries (one in 100 per decision, the first of each hundred): the first
+    // admitted and the first refused query of the run at least.
+    assert!(sample("dns_xdp_samples_total", &[("outcome", "taken")]) >= 2.0);
+    assert!(
+        sample(
+            "dns_xdp_sampled_queries_total",
+            &[("decision", "limited"), ("qtype", "A")]
+        ) >= 1.0
+    );
+    dashboard_queries_are_served(&scrape);
 
     // SIGKILL: the programs stay attached through their pins, keep counting and keep
     // enforcing the live limits (1/min, burst 3).
@@ -263,4 +273,65 @@ fn a_running_instance_is_operated_from_other_processes_and_survives_sigkill() {
         "the pin directory is gone"
     );
     let _ = std::fs::remove_file(&config);
+}
+
+/// Every query of the packaged Grafana dashboard names metrics this exporter serves, and
+/// filters only on labels those series carry.
+fn dashboard_queries_are_served(scrape: &prometheus_parse::Scrape) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/grafana/dns-xdp.json"
+    );
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    // The conntrack gauges are served where the daemon's namespace has nf_conntrack
+    // loaded (both, or neither).
+    let conntrack = scrape
+        .samples
+        .iter()
+        .any(|s| s.metric.starts_with("dns_xdp_conntrack_"));
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("an expression");
+            let mut rest = expr;
+            while let Some(start) = rest.find("dns_xdp_") {
+                let tail = &rest[start..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                let name = &tail[..end];
+                let labels: Vec<&str> = tail[end..]
+                    .strip_prefix('{')
+                    .and_then(|selector| selector.split('}').next())
+                    .map(|selector| {
+                        selector
+                            .split(',')
+                            .filter_map(|matcher| matcher.split(['=', '!']).next())
+                            .map(str::trim)
+                            .filter(|label| !label.is_empty())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                rest = &tail[end..];
+                if name.starts_with("dns_xdp_conntrack_") && !conntrack {
+                    continue;
+                }
+                let series: Vec<_> = scrape.samples.iter().filter(|s| s.metric == name).collect();
+                assert!(
+                    !series.is_empty(),
+                    "panel {}: {name} is not served",
+                    panel["title"]
+                );
+                for label in labels {
+                    assert!(
+                        series.iter().any(|s| s.labels.get(label).is_some()),
+                        "panel {}: {name} has no label {label}",
+                        panel["title"]
+                    );
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 10, "{checked} metric references checked");
 }

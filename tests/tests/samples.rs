@@ -44,6 +44,19 @@ fn wire(name: &str) -> Vec<u8> {
     bytes
 }
 
+/// A crafted query and its sample: what, the payload, the verdict, the decision, the
+/// name, its status, the type, the level.
+type Case<'a> = (
+    &'a str,
+    Vec<u8>,
+    u32,
+    Decision,
+    Option<String>,
+    &'a str,
+    Option<&'a str>,
+    Option<u8>,
+);
+
 fn sampling(every: u32, cap: &str) -> Settings {
     Settings {
         ports: vec![53],
@@ -93,16 +106,7 @@ fn samples_carry_exactly_the_decision_name_and_type_of_crafted_queries() {
         "y".repeat(63)
     );
     let pointer = [&[3u8, b'w', b'w', b'w'][..], &[0xc0, 12]].concat();
-    let cases: [(
-        &str,
-        Vec<u8>,
-        u32,
-        Decision,
-        Option<String>,
-        &str,
-        Option<&str>,
-        Option<u8>,
-    ); 5] = [
+    let cases: [Case; 5] = [
         (
             "first query admitted",
             query(&wire("a.example.org"), 16),
