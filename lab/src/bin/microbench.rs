@@ -271,9 +271,21 @@ fn main() -> anyhow::Result<()> {
     let mut reader = every.programs().take_samples()?;
     const SAMPLED_REPEAT: u32 = 2_000;
     for (name, harness, repeat) in [
-        ("DNS query, bucket refuses, sampling off (--sample 0)", &mut off, REPEAT),
-        ("DNS query, bucket refuses, due for a sample on every query, over the cap", &mut capped, REPEAT),
-        ("DNS query, bucket refuses, every query sampled into the ring", &mut every, SAMPLED_REPEAT),
+        (
+            "DNS query, bucket refuses, sampling off (--sample 0)",
+            &mut off,
+            REPEAT,
+        ),
+        (
+            "DNS query, bucket refuses, due for a sample on every query, over the cap",
+            &mut capped,
+            REPEAT,
+        ),
+        (
+            "DNS query, bucket refuses, every query sampled into the ring",
+            &mut every,
+            SAMPLED_REPEAT,
+        ),
     ] {
         let (mut program, mut baseline) = (Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
@@ -281,10 +293,22 @@ fn main() -> anyhow::Result<()> {
             let _ = reader.read();
             baseline.push(harnesses[0].run_baseline(&refused, repeat)?.1);
         }
-        rows.push((name.to_string(), refused.len(), median(program), median(baseline)));
+        rows.push((
+            name.to_string(),
+            refused.len(),
+            median(program),
+            median(baseline),
+        ));
     }
-    let lost = every.programs().maps().counters()?.get(Counter::SamplesLost);
-    anyhow::ensure!(lost == 0, "{lost} samples lost: the sampled path was not measured");
+    let lost = every
+        .programs()
+        .maps()
+        .counters()?
+        .get(Counter::SamplesLost);
+    anyhow::ensure!(
+        lost == 0,
+        "{lost} samples lost: the sampled path was not measured"
+    );
 
     let mut markdown = String::from(
         "| path | frame bytes | dns_xdp ns/pkt | xdp_pass ns/pkt | ratio | added ns |\n|---|---:|---:|---:|---:|---:|\n",
