@@ -112,6 +112,16 @@ fn run(options: &Options) -> anyhow::Result<()> {
     if interrupted() {
         return Ok(());
     }
+    // What the queries ask: `top --queries` over the sampled queries, every 2 s.
+    let mut command = world
+        .server
+        .command(binary.to_str().context("non-UTF-8 path")?);
+    command
+        .args(["top", "--queries", "--watch=2", "--json", "--iface", LINK])
+        .arg(bpffs.arg())
+        .process_group(0);
+    let mut asked_reader = Loader::spawn(command)?;
+    let mut asked = Value::Null;
 
     let seconds = options.duration.ceil() as u64;
     say(&format!(
@@ -210,13 +220,19 @@ fn run(options: &Options) -> anyhow::Result<()> {
         if report == previous {
             continue;
         }
+        if let Ok(latest) = asked_reader.latest_json(Duration::from_millis(10)) {
+            asked = latest;
+        }
         let view = render(
             &report,
+            &asked,
             &previous,
             options,
-            elapsed,
-            &phases[phase].2,
-            legit_answered,
+            &Moment {
+                elapsed,
+                phase: &phases[phase].2,
+                legit_answered,
+            },
             &flood,
         );
         previous = report;
@@ -236,6 +252,7 @@ fn run(options: &Options) -> anyhow::Result<()> {
         ));
     }
     drop(dnsperf);
+    drop(asked_reader);
     match loader.interrupt() {
         Ok((_, last)) => {
             let counters = &last["counters"];
@@ -320,15 +337,26 @@ fn dropped_total(counters: &Value) -> u64 {
         .sum()
 }
 
+/// Where the lab's run stands when a view is drawn.
+struct Moment<'a> {
+    elapsed: f64,
+    phase: &'a str,
+    legit_answered: f64,
+}
+
 fn render(
     report: &Value,
+    asked: &Value,
     previous: &Value,
     options: &Options,
-    elapsed: f64,
-    phase: &str,
-    legit_answered: f64,
+    moment: &Moment,
     flood: &Option<Flood>,
 ) -> String {
+    let Moment {
+        elapsed,
+        phase,
+        legit_answered,
+    } = *moment;
     let span = (report["elapsed_s"].as_f64().unwrap_or(0.0)
         - previous["elapsed_s"].as_f64().unwrap_or(0.0))
     .max(0.001);
@@ -399,6 +427,32 @@ fn render(
                 source["passed"]
             ));
         }
+    }
+    let first =
+        |group: &Value, table: &str| group[table][0]["key"].as_str().unwrap_or("-").to_owned();
+    if let Some(refused) = asked["refused"].as_array().filter(|r| !r.is_empty()) {
+        line(
+            "  what the refused ask (sampled queries, last 2 s): prefix, top name, domain, type"
+                .into(),
+        );
+        for group in refused.iter().take(3) {
+            line(format!(
+                "    {:<20} {:<34} {:<16} {}",
+                group["prefix"].as_str().unwrap_or("?"),
+                first(group, "names"),
+                first(group, "domains"),
+                first(group, "qtypes")
+            ));
+        }
+    }
+    if asked["admitted"]["samples"].as_u64().unwrap_or(0) > 0 {
+        let admitted = &asked["admitted"];
+        line(format!(
+            "  what the admitted ask: top name {}, domain {}, type {}",
+            first(admitted, "names"),
+            first(admitted, "domains"),
+            first(admitted, "qtypes")
+        ));
     }
     line(format!(
         "  connection tracking: {} entries (max {}): dns-xdp keeps DNS out of the table",
