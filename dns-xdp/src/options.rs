@@ -407,6 +407,8 @@ mod tests {
         let settings = options.settings().unwrap();
         assert_eq!(settings.rate.unwrap().to_string(), "50/s");
         assert_eq!(options.iface().unwrap(), "eth0");
+        assert_eq!(settings.sample, 100);
+        assert_eq!(settings.sample_cap.to_string(), "1000/s");
     }
 
     #[test]
