@@ -23,7 +23,10 @@ use dns_xdp_common::{
 
 /// Compare-and-swap attempts on one bucket before a query is refused as contended. Each
 /// failed attempt means another CPU admitted a packet of the same source meanwhile.
-pub(crate) const MAX_CAS_ATTEMPTS: usize = 8;
+/// Every attempt of every such loop is verified on its own (about 25 000 instructions
+/// each over all the loops, docs/ARCHITECTURE.md "Verifier budget"): three keep the
+/// program within its budget on every kernel tried.
+pub(crate) const MAX_CAS_ATTEMPTS: usize = 3;
 
 pub(crate) const BPF_NOEXIST: u64 = 1;
 
