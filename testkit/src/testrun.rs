@@ -37,10 +37,12 @@ impl Outcome {
 }
 
 impl Harness {
-    /// Loaded with these DNS ports and nothing else configured.
+    /// Loaded with these DNS ports and nothing else configured, sampling off too (its
+    /// counters would move with the first packet of each decision).
     pub fn new(ports: &[u16]) -> anyhow::Result<Self> {
         Self::with(&Settings {
             ports: ports.to_vec(),
+            sample: 0,
             ..Settings::default()
         })
     }
@@ -128,4 +130,16 @@ impl Harness {
         }
         Ok(Outcome { verdict, delta })
     }
+}
+
+/// Reads CLOCK_MONOTONIC, the clock `bpf_ktime_get_ns` reads, in nanoseconds.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes the current time into `now`.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    assert_eq!(status, 0);
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }

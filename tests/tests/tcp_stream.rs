@@ -83,6 +83,7 @@ fn harness(burst: u32) -> Harness {
         rate: Some("1/hour".parse().unwrap()),
         burst,
         levels: Levels::None,
+        sample: 0,
         ..Settings::default()
     })
     .unwrap()
