@@ -14,6 +14,7 @@ pub mod limits;
 pub mod maps;
 pub mod ports;
 pub mod samples;
+pub mod table;
 pub mod tcp;
 
 pub use class::*;
@@ -23,6 +24,7 @@ pub use dns::*;
 pub use keys::*;
 pub use limits::*;
 pub use ports::*;
+pub use table::*;
 
 #[cfg(feature = "user")]
 mod user {
@@ -41,6 +43,8 @@ mod user {
         super::EgressCounters,
         super::SourceKey,
         super::SourceState,
+        super::SourceLine,
+        super::SourceHash,
         super::ListEntry,
         super::AwaitedKey,
         super::AwaitedState,

@@ -7,8 +7,8 @@ use core::mem::size_of;
 
 use crate::samples::{DECISIONS, SampledTypes};
 use crate::{
-    AwaitedKey, AwaitedState, Config, Counters, EgressCounters, FragmentKey, ListEntry, SourceKey,
-    SourceState,
+    AwaitedKey, AwaitedState, Config, Counters, EgressCounters, FragmentKey, ListEntry, SourceHash,
+    SourceLine,
 };
 
 /// One map of the object.
@@ -50,12 +50,9 @@ pub const CONFIG_SLOT: MapSpec = spec("CONFIG_SLOT", INDEX, INDEX, true);
 pub const COUNTERS: MapSpec = spec("COUNTERS", INDEX, size_of::<Counters>(), true);
 pub const EGRESS_COUNTERS: MapSpec =
     spec("EGRESS_COUNTERS", INDEX, size_of::<EgressCounters>(), true);
-pub const SOURCES: MapSpec = spec(
-    "SOURCES",
-    size_of::<SourceKey>(),
-    size_of::<SourceState>(),
-    true,
-);
+pub const SOURCES: MapSpec = spec("SOURCES", INDEX, size_of::<SourceLine>(), true);
+/// Pinned with `SOURCES`: without its secret, the table's slots could not be found again.
+pub const SOURCE_HASH: MapSpec = spec("SOURCE_HASH", INDEX, size_of::<SourceHash>(), true);
 pub const LIST_V4: MapSpec = spec("LIST_V4", LPM_V4, size_of::<ListEntry>(), true);
 pub const LIST_V6: MapSpec = spec("LIST_V6", LPM_V6, size_of::<ListEntry>(), true);
 pub const AWAITED: MapSpec = spec(
@@ -80,12 +77,13 @@ pub const SAMPLED_TYPES: MapSpec = spec("SAMPLED_TYPES", INDEX, size_of::<Sample
 pub const AYA_LOGS: MapSpec = spec("AYA_LOGS", 0, 0, false);
 
 /// Every map of the production object.
-pub const MAPS: [MapSpec; 19] = [
+pub const MAPS: [MapSpec; 20] = [
     CONFIG,
     CONFIG_SLOT,
     COUNTERS,
     EGRESS_COUNTERS,
     SOURCES,
+    SOURCE_HASH,
     LIST_V4,
     LIST_V6,
     AWAITED,
@@ -116,7 +114,7 @@ mod tests {
         for (index, map) in MAPS.iter().enumerate() {
             assert!(MAPS[index + 1..].iter().all(|other| other.name != map.name));
         }
-        let pinned: [&str; 11] = core::array::from_fn(|index| pinned().nth(index).unwrap().name);
+        let pinned: [&str; 12] = core::array::from_fn(|index| pinned().nth(index).unwrap().name);
         assert_eq!(
             pinned,
             [
@@ -125,6 +123,7 @@ mod tests {
                 "COUNTERS",
                 "EGRESS_COUNTERS",
                 "SOURCES",
+                "SOURCE_HASH",
                 "LIST_V4",
                 "LIST_V6",
                 "AWAITED",

@@ -8,7 +8,7 @@ use dns_xdp_common::samples::{DECISIONS, SAMPLE_RING_BYTES, SampledTypes};
 use dns_xdp_common::{
     AWAITED_TABLE_SIZE, AwaitedKey, AwaitedState, Config, Counters, DEFAULT_TABLE_SIZE,
     EgressCounters, FRAGMENT_TABLE_SIZE, FragmentKey, ListEntry, MAX_LIST_ENTRIES,
-    SLIP_PREFIX_SLOTS, SourceKey, SourceState,
+    SLIP_PREFIX_SLOTS, SOURCE_WAYS, SourceHash, SourceLine,
 };
 
 /// Runtime configuration (DNS ports, limit, prefixes, flags), double-buffered: the loader
@@ -30,11 +30,17 @@ pub(crate) static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entrie
 pub(crate) static EGRESS_COUNTERS: PerCpuArray<EgressCounters> =
     PerCpuArray::with_max_entries(1, 0);
 
-/// Per-source-prefix GCRA buckets and query counters; created and updated here, read by the loader.
-/// Sized by the loader (`--table-size`); when full the least recently used prefix makes room.
+/// Per-source-prefix GCRA buckets and query counters, in lines of `SOURCE_WAYS` slots
+/// (`dns_xdp_common::table`): fixed memory, no insert. Slots are claimed and updated
+/// here, read by the loader; sized by the loader (`--table-size` / `SOURCE_WAYS` lines).
 #[map]
-pub(crate) static SOURCES: LruHashMap<SourceKey, SourceState> =
-    LruHashMap::with_max_entries(DEFAULT_TABLE_SIZE, 0);
+pub(crate) static SOURCES: Array<SourceLine> =
+    Array::with_max_entries(DEFAULT_TABLE_SIZE / SOURCE_WAYS as u32, 0);
+
+/// The source table's hash key and line count; written once by the loader that makes
+/// the table (pinned with it), read here on every charge.
+#[map]
+pub(crate) static SOURCE_HASH: Array<SourceHash> = Array::with_max_entries(1, 0);
 
 /// The server budget's GCRA theoretical arrival time, shared by all CPUs; written here only.
 #[map]

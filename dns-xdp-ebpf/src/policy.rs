@@ -2,7 +2,9 @@
 //! source's allow/deny lists, prefix levels and buckets, the server budget, and slip.
 
 use crate::ingress::refuse;
-use crate::maps::{BUDGET, LIST_V4, LIST_V6, SLIP_CAP, SLIP_PREFIX_CAPS, SOURCES, untracked};
+use crate::maps::{
+    BUDGET, LIST_V4, LIST_V6, SLIP_CAP, SLIP_PREFIX_CAPS, SOURCE_HASH, SOURCES, untracked,
+};
 use crate::parse::{Frame, Transport};
 use crate::sample::Verdict;
 use crate::tcp::{CHARGE_DUE, StreamCharge, police_segment_apart};
@@ -17,8 +19,9 @@ use dns_xdp_common::tcp::{MAX_SEGMENT_COST, TcpStream};
 use dns_xdp_common::{
     BUCKET_TCP_CONNECT, BUCKET_TCP_DATA, BUCKET_UDP, Config, Counter, Counters, Family, L4,
     LIST_ALLOW, Level, Limit, ListEntry, MAX_LEVELS, SLIP_PREFIX_SLOTS, SLIP_V4_PREFIX,
-    SLIP_V6_PREFIX, SourceKey, SourceState, budget_gcra, gcra_ceiling, gcra_charge, is_heavy,
-    query_defect, slip_prefix_hash,
+    SLIP_V6_PREFIX, SOURCE_WAYS, SourceCounts, SourceKey, SourceLine, budget_gcra, claimed_tat,
+    evictability, gcra_ceiling, gcra_charge, is_heavy, line_index, query_defect, slip_prefix_hash,
+    slot_tag, source_hash, victim_forgetting,
 };
 
 /// Compare-and-swap attempts on one bucket before a query is refused as contended. Each
@@ -27,8 +30,6 @@ use dns_xdp_common::{
 /// each over all the loops, docs/ARCHITECTURE.md "Verifier budget"): three keep the
 /// program within its budget on every kernel tried.
 pub(crate) const MAX_CAS_ATTEMPTS: usize = 3;
-
-pub(crate) const BPF_NOEXIST: u64 = 1;
 
 /// A query's source address.
 pub(crate) enum Source {
@@ -262,21 +263,88 @@ pub(crate) extern "C" fn level_step(index: u64, walk: *mut c_void) -> i64 {
     }
     let mut key = walk.source.key(level, index as u8);
     key.tcp = walk.tcp;
-    match charge(key, walk.now, &level.limit, walk.cost, counters) {
-        Charged::Admitted { heavy } => {
-            walk.heavy |= heavy;
+    let [addr_lo, addr_hi, meta] = key_words(&key);
+    match charge_bucket(addr_lo, addr_hi, meta, walk.now, walk.cost) {
+        CHARGE_REFUSED => {
+            counters.bump_level_limited(index);
+            walk.refused = true;
+            walk.level = index as u8;
+            1
+        }
+        admitted => {
+            walk.heavy |= admitted == CHARGE_HEAVY;
             0
         }
+    }
+}
+
+/// `charge_bucket`: admitted, the bucket has half its burst or more left.
+pub(crate) const CHARGE_LIGHT: u64 = 0;
+/// `charge_bucket`: admitted, the bucket has spent more than half its burst.
+pub(crate) const CHARGE_HEAVY: u64 = 1;
+/// `charge_bucket`: refused (and counted in the slot).
+pub(crate) const CHARGE_REFUSED: u64 = 2;
+
+/// A key as `charge_bucket`'s three scalar arguments: the address's two halves, then
+/// family, prefix length, level and bucket.
+#[inline(always)]
+fn key_words(key: &SourceKey) -> [u64; 3] {
+    let mut halves = [[0u8; 8]; 2];
+    halves[0].copy_from_slice(&key.addr[..8]);
+    halves[1].copy_from_slice(&key.addr[8..]);
+    [
+        u64::from_ne_bytes(halves[0]),
+        u64::from_ne_bytes(halves[1]),
+        u64::from(key.family)
+            | u64::from(key.prefix_len) << 8
+            | u64::from(key.level) << 16
+            | u64::from(key.tcp) << 24,
+    ]
+}
+
+/// Charges `cost` queries to the bucket of the key `key_words` made, at its level's
+/// limit, and counts a refusal in its slot: `CHARGE_*`. A global function (its own BTF
+/// linkage), so the verifier checks it once, on its own, with scalar arguments, and
+/// every caller state of the level walk sees only a call returning a number: the
+/// table's hash, slot search and claim are not verified again for each.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn charge_bucket(addr_lo: u64, addr_hi: u64, meta: u64, now: u64, cost: u64) -> u64 {
+    let Ok(config) = crate::maps::config() else {
+        return CHARGE_LIGHT;
+    };
+    let Some(counters) = crate::maps::COUNTERS.get_ptr_mut(0) else {
+        return CHARGE_LIGHT;
+    };
+    // SAFETY: this CPU's counters; XDP programs do not nest on a CPU.
+    let counters = unsafe { &mut *counters };
+    let mut key = SourceKey {
+        family: meta as u8,
+        prefix_len: (meta >> 8) as u8,
+        level: (meta >> 16) as u8,
+        tcp: (meta >> 24) as u8,
+        ..SourceKey::default()
+    };
+    key.addr[..8].copy_from_slice(&addr_lo.to_ne_bytes());
+    key.addr[8..].copy_from_slice(&addr_hi.to_ne_bytes());
+    let Some(level) = config.levels.get(usize::from(key.level)) else {
+        return CHARGE_LIGHT;
+    };
+    match charge(key, now, &level.limit, cost, counters) {
+        Charged::Admitted { heavy } => {
+            if heavy {
+                CHARGE_HEAVY
+            } else {
+                CHARGE_LIGHT
+            }
+        }
         Charged::Refused(state) => {
-            counters.bump_level_limited(index);
             if config.dry_run() {
                 atomic_add(&mut state.would_drop, 1);
             } else {
                 atomic_add(&mut state.dropped, 1);
             }
-            walk.refused = true;
-            walk.level = index as u8;
-            1
+            CHARGE_REFUSED
         }
     }
 }
@@ -285,10 +353,9 @@ pub(crate) extern "C" fn level_step(index: u64, walk: *mut c_void) -> i64 {
 pub(crate) enum Charged {
     /// Admitted (or not stored: fail open, counted); `heavy` if the bucket has spent
     /// more than half its burst.
-    Admitted {
-        heavy: bool,
-    },
-    Refused(&'static mut SourceState),
+    Admitted { heavy: bool },
+    /// Refused; the slot's counters, for the refusal to be counted.
+    Refused(&'static mut SourceCounts),
 }
 
 /// Spends `cost` queries of the server budget. Heavy queries (from a source or prefix
@@ -318,8 +385,9 @@ pub(crate) fn spend_budget(now: u64, limit: &Limit, heavy: bool, cost: u64) -> b
     false
 }
 
-/// Charges `cost` queries to the bucket of `key`. A TCP data bucket may run into debt by
-/// one segment's charge (`gcra_charge`), which is not forgiven.
+/// Charges `cost` queries to the bucket of `key`, in the slot of its line that holds
+/// it or the one it claims (`claim`). A TCP data bucket may run into debt by one
+/// segment's charge (`gcra_charge`), which is not forgiven.
 #[inline(always)]
 pub(crate) fn charge(
     key: SourceKey,
@@ -333,52 +401,109 @@ pub(crate) fn charge(
     } else {
         0
     };
-    let state = match SOURCES.get_ptr_mut(key) {
-        Some(state) => state,
-        None => {
-            // A new prefix: its first packet always conforms (a full bucket admits any charge).
-            let fresh = SourceState {
-                tat_ns: now + limit.charge_ns(cost),
-                passed: cost,
-                dropped: 0,
-                would_drop: 0,
-            };
-            match SOURCES.insert(key, fresh, BPF_NOEXIST) {
-                Ok(()) => {
-                    counters.bump(Counter::SourcesCreated);
-                    return Charged::Admitted {
-                        heavy: is_heavy(fresh.tat_ns, now, limit),
-                    };
-                }
-                // Another CPU created it first (EEXIST), or the insert failed while
-                // one did (the hash map's bucket lock can give up under contention):
-                // take from its bucket below. Passing the query unlimited here would
-                // admit one more than the burst.
-                Err(_) => match SOURCES.get_ptr_mut(key) {
-                    Some(state) => state,
-                    None => {
-                        counters.bump(Counter::TableFull);
-                        return Charged::Admitted { heavy: false };
-                    }
-                },
-            }
-        }
+    let Some(table) = SOURCE_HASH.get(0) else {
+        counters.bump(Counter::TableFull);
+        return Charged::Admitted { heavy: false };
     };
-    // SAFETY: `state` points into the map value; every field is updated atomically.
-    let state = unsafe { &mut *state };
-    match take(&mut state.tat_ns, now, limit, cost, debt) {
+    let hash = source_hash(&key, &table.secret);
+    let Some(line) = SOURCES.get_ptr_mut(line_index(hash, table.lines)) else {
+        // No table yet (lines 0 until the loader has written SOURCE_HASH).
+        counters.bump(Counter::TableFull);
+        return Charged::Admitted { heavy: false };
+    };
+    // SAFETY: a map value; every field is read and written atomically or volatile.
+    let line = unsafe { &mut *line };
+    let tag = slot_tag(hash);
+    let found = slot_of(line, tag);
+    let way = match found {
+        Some(way) => way,
+        None => match claim(line, tag, &key, now, limit) {
+            Some(way) => {
+                counters.bump(Counter::SourcesCreated);
+                way
+            }
+            None => {
+                // Another CPU claimed the slot at the same moment: this one query
+                // passes unlimited (counted), the next finds its slot.
+                counters.bump(Counter::TableFull);
+                return Charged::Admitted { heavy: false };
+            }
+        },
+    };
+    // Which slot: hidden from the verifier, which would otherwise verify what follows
+    // once per slot.
+    let Some(way) = untracked(way) else {
+        return Charged::Admitted { heavy: false };
+    };
+    let way = way & (SOURCE_WAYS - 1);
+    // SAFETY: `way` is below SOURCE_WAYS; aligned u64s in the map value.
+    unsafe { core::ptr::write_volatile(&mut line.lasts[way], now) };
+    let counts = &mut line.counts[way];
+    match take(&mut line.tats[way], now, limit, cost, debt) {
         Take::Admitted(tat) => {
-            atomic_add(&mut state.passed, cost);
+            atomic_add(&mut counts.passed, cost);
             Charged::Admitted {
                 heavy: is_heavy(tat, now, limit),
             }
         }
-        Take::Refused => Charged::Refused(state),
+        Take::Refused => Charged::Refused(counts),
         Take::Contended => {
             counters.bump(Counter::RateContended);
-            Charged::Refused(state)
+            Charged::Refused(counts)
         }
     }
+}
+
+/// The slot of `line` holding `tag`, if any.
+#[inline(always)]
+fn slot_of(line: &SourceLine, tag: u64) -> Option<usize> {
+    (0..SOURCE_WAYS).find(|&way| {
+        // SAFETY: an aligned u64 in the map value, written by other CPUs.
+        unsafe { core::ptr::read_volatile(&line.tags[way]) == tag }
+    })
+}
+
+/// Claims a slot of `line` for the prefix `key` (tag `tag`): the most evictable one
+/// (`victim`), its bucket inherited up to the prefix's ceiling (`claimed_tat`), its
+/// counters started afresh. `None` if another CPU claimed it first.
+#[inline(always)]
+fn claim(
+    line: &mut SourceLine,
+    tag: u64,
+    key: &SourceKey,
+    now: u64,
+    limit: &Limit,
+) -> Option<usize> {
+    let score = |way: usize| {
+        let counts = &line.counts[way];
+        // SAFETY: aligned u64s in the map value, written by other CPUs.
+        unsafe {
+            let hits = core::ptr::read_volatile(&counts.passed)
+                + core::ptr::read_volatile(&counts.dropped)
+                + core::ptr::read_volatile(&counts.would_drop);
+            evictability(core::ptr::read_volatile(&line.lasts[way]), hits, now)
+        }
+    };
+    let way = untracked(victim_forgetting(score, untracked))? & (SOURCE_WAYS - 1);
+    // SAFETY: aligned u64s in the map value; the tag is claimed with a compare-and-swap,
+    // so two CPUs never both take the slot. Until the key is written, a report may show
+    // the slot's old key with the new counters: reports read the table unlocked.
+    unsafe {
+        let old = core::ptr::read_volatile(&line.tags[way]);
+        let (_, swapped) = atomic_cxchg::<
+            u64,
+            { AtomicOrdering::SeqCst },
+            { AtomicOrdering::SeqCst },
+        >(&mut line.tags[way], old, tag);
+        if !swapped {
+            return None;
+        }
+        let tat = core::ptr::read_volatile(&line.tats[way]);
+        core::ptr::write_volatile(&mut line.tats[way], claimed_tat(tat, now, limit));
+        core::ptr::write_volatile(&mut line.counts[way], SourceCounts::default());
+        core::ptr::write_volatile(&mut line.keys[way], *key);
+    }
+    Some(way)
 }
 
 pub(crate) enum Take {

@@ -10,16 +10,18 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
+    maps::{Array, IterableMap as _, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
 };
 use bytemuck::Zeroable as _;
 use dns_xdp_common::{
     Config, Counters, EgressCounters, FAMILY_V4, Family, LIST_ALLOW, LIST_DENY, ListEntry,
-    SourceKey, SourceState, maps as spec, samples::SampledTypes,
+    SOURCE_WAYS, SourceHash, SourceKey, SourceLine, SourceState, maps as spec,
+    samples::SampledTypes,
 };
 use ipnet::IpNet;
 
-/// The longest a walk of the source table may take (reports, `top`, a scrape).
+/// The longest a read of the source table may take (reports, `top`, a scrape): past it,
+/// the read ends with the lines it has.
 pub const WALK_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The maps that outlive a loader (pinned), from the object's map list.
@@ -112,9 +114,10 @@ pub struct Maps {
     config_slot: Array<MapData, u32>,
     counters: PerCpuArray<MapData, Counters>,
     egress: PerCpuArray<MapData, EgressCounters>,
-    sources: HashMap<MapData, SourceKey, SourceState>,
-    /// The source table's capacity (its size is fixed when created).
-    table_size: u32,
+    sources: Array<MapData, SourceLine>,
+    source_hash: Array<MapData, SourceHash>,
+    /// The source table's lines (its size is fixed when created).
+    lines: u32,
     list_v4: LpmTrie<MapData, [u8; 4], ListEntry>,
     list_v6: LpmTrie<MapData, [u8; 16], ListEntry>,
     sampled_types: PerCpuArray<MapData, SampledTypes>,
@@ -141,17 +144,18 @@ impl Maps {
 
     fn assemble(mut get: impl FnMut(&str) -> anyhow::Result<Map>) -> anyhow::Result<Self> {
         let sources = get(spec::SOURCES.name)?;
-        let Map::LruHashMap(data) = &sources else {
-            bail!("SOURCES is not an LRU hash");
+        let Map::Array(data) = &sources else {
+            bail!("SOURCES is not an array");
         };
-        let table_size = data.info()?.max_entries();
+        let lines = data.info()?.max_entries();
         Ok(Self {
             config: Array::try_from(get(spec::CONFIG.name)?)?,
             config_slot: Array::try_from(get(spec::CONFIG_SLOT.name)?)?,
             counters: PerCpuArray::try_from(get(spec::COUNTERS.name)?)?,
             egress: PerCpuArray::try_from(get(spec::EGRESS_COUNTERS.name)?)?,
-            sources: HashMap::try_from(sources)?,
-            table_size,
+            sources: Array::try_from(sources)?,
+            source_hash: Array::try_from(get(spec::SOURCE_HASH.name)?)?,
+            lines,
             list_v4: LpmTrie::try_from(get(spec::LIST_V4.name)?)?,
             list_v6: LpmTrie::try_from(get(spec::LIST_V6.name)?)?,
             sampled_types: PerCpuArray::try_from(get(spec::SAMPLED_TYPES.name)?)?,
@@ -266,29 +270,70 @@ impl Maps {
             .collect())
     }
 
-    /// Every bucket as the kernel keeps it (its GCRA state included), each once, read
-    /// within `WALK_LIMIT`. Under churn the kernel's walk can start over (the key it
-    /// stood on was evicted) and meet buckets again: they are kept once, and the walk
-    /// stops after twice the table's entries or the time limit, whichever comes first,
-    /// with what it has read (every bucket listed is true; some may be missing).
-    /// Read in batches of `BATCH` buckets per system call where the kernel can
-    /// (`BPF_MAP_LOOKUP_BATCH`, Linux 5.6), one bucket at a time otherwise.
+    /// Every bucket in use as the kernel keeps it (its GCRA state included), read line by
+    /// line, `BATCH` lines per system call where the kernel can (`BPF_MAP_LOOKUP_BATCH`,
+    /// Linux 5.6), one at a time otherwise: a fixed number of lines, whatever the
+    /// traffic, within `WALK_LIMIT` (past it, the read ends with what it has). Reads are
+    /// unlocked: a slot claimed during the read may show its old key.
     pub fn source_states(&self) -> anyhow::Result<Vec<(SourceKey, SourceState)>> {
-        let most = u64::from(self.table_size) * 2;
-        let started = std::time::Instant::now();
-        Ok(
-            match lookup_batches(self.sources.map(), most, started + WALK_LIMIT) {
-                Some(entries) => {
-                    collect_walk(entries.into_iter().map(Ok::<_, ()>), most, WALK_LIMIT)
-                }
-                None => collect_walk(self.sources.iter(), most, WALK_LIMIT),
-            },
-        )
+        Ok(self.source_lines()?.iter().flat_map(line_states).collect())
     }
 
-    /// Capacity of the source table.
+    /// The source table's lines as the kernel keeps them (tags, buckets, last queries),
+    /// read as `source_states` reads them.
+    pub fn source_lines(&self) -> anyhow::Result<Vec<SourceLine>> {
+        let deadline = std::time::Instant::now() + WALK_LIMIT;
+        if let Some(lines) = lookup_batches(self.sources.map(), deadline) {
+            return Ok(lines);
+        }
+        let mut lines = Vec::new();
+        for index in 0..self.lines {
+            if std::time::Instant::now() > deadline {
+                break;
+            }
+            lines.push(self.sources.get(&index, 0)?);
+        }
+        Ok(lines)
+    }
+
+    /// The source table's hash key and shape.
+    pub fn source_hash(&self) -> anyhow::Result<SourceHash> {
+        self.source_hash.get(&0, 0).context("reading SOURCE_HASH")
+    }
+
+    /// Capacity of the source table: slots (prefixes tracked at once).
     pub fn table_size(&self) -> anyhow::Result<u32> {
-        Ok(self.table_size)
+        Ok(self.lines * SOURCE_WAYS as u32)
+    }
+
+    /// Bytes of the source table.
+    pub fn table_bytes(&self) -> u64 {
+        u64::from(self.lines) * size_of::<SourceLine>() as u64
+    }
+
+    /// Gives a table just made its hash key (a random secret) and shape; a table that
+    /// has one (pinned, adopted) keeps it, so its buckets are found where they were.
+    pub fn init_source_hash(&mut self) -> anyhow::Result<()> {
+        if self.source_hash()?.lines != 0 {
+            return Ok(());
+        }
+        let mut secret = [0u8; 16];
+        std::io::Read::read_exact(
+            &mut std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?,
+            &mut secret,
+        )
+        .context("reading /dev/urandom")?;
+        let hash = SourceHash {
+            secret: [
+                u64::from_le_bytes(secret[..8].try_into()?),
+                u64::from_le_bytes(secret[8..].try_into()?),
+            ],
+            lines: self.lines,
+            _reserved: 0,
+        };
+        self.source_hash
+            .set(0, hash, 0)
+            .context("writing SOURCE_HASH")
     }
 
     /// The `limit` sources whose buckets refused the most queries (none refused: none).
@@ -404,7 +449,7 @@ impl Maps {
     }
 }
 
-/// Buckets read per `BPF_MAP_LOOKUP_BATCH` call.
+/// Source table lines read per `BPF_MAP_LOOKUP_BATCH` call (2 MiB).
 const BATCH: usize = 4096;
 
 /// `union bpf_attr` as `BPF_MAP_LOOKUP_BATCH` reads it.
@@ -421,21 +466,35 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// The source table read `BATCH` buckets per system call, until its end, `most`
-/// buckets or `deadline`; `None` if the kernel has no batch lookup (then walk it).
-fn lookup_batches(
-    map: &MapData,
-    most: u64,
-    deadline: std::time::Instant,
-) -> Option<Vec<(SourceKey, SourceState)>> {
+/// The slots of a line in use, as reports read them.
+fn line_states(line: &SourceLine) -> impl Iterator<Item = (SourceKey, SourceState)> + '_ {
+    (0..SOURCE_WAYS)
+        .filter(|&way| line.tags[way] != 0)
+        .map(|way| {
+            let counts = &line.counts[way];
+            (
+                line.keys[way],
+                SourceState {
+                    tat_ns: line.tats[way],
+                    passed: counts.passed,
+                    dropped: counts.dropped,
+                    would_drop: counts.would_drop,
+                },
+            )
+        })
+}
+
+/// The source table's lines, `BATCH` per system call, until its end or `deadline`;
+/// `None` if the kernel has no batch lookup (then read them one by one).
+fn lookup_batches(map: &MapData, deadline: std::time::Instant) -> Option<Vec<SourceLine>> {
     use std::os::fd::{AsFd as _, AsRawFd as _};
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
     let fd = map.fd().as_fd().as_raw_fd();
-    let mut keys = vec![SourceKey::default(); BATCH];
-    let mut values = vec![SourceState::default(); BATCH];
-    // The hash map's cursor: the next bucket to read.
+    let mut keys = vec![0u32; BATCH];
+    let mut values = vec![SourceLine::zeroed(); BATCH];
+    // The array's cursor: the next line to read.
     let (mut cursor_in, mut cursor_out) = (0u32, 0u32);
-    let mut entries = Vec::new();
+    let mut lines = Vec::new();
     for first in std::iter::once(true).chain(std::iter::repeat(false)) {
         let mut attr = BatchAttr {
             in_batch: if first {
@@ -463,48 +522,22 @@ fn lookup_batches(
         };
         let errno = (result < 0).then(|| std::io::Error::last_os_error().raw_os_error());
         let count = (attr.count as usize).min(BATCH);
-        entries.extend(
-            keys[..count]
-                .iter()
-                .copied()
-                .zip(values[..count].iter().copied()),
-        );
+        lines.extend_from_slice(&values[..count]);
         match errno {
             // The end of the table.
             Some(Some(libc::ENOENT)) => break,
-            // No batch lookup here (or for this map type): walk instead.
+            // No batch lookup here (or for this map type): read line by line instead.
             Some(_) if first => return None,
             Some(_) => break,
             None => {}
         }
         cursor_in = cursor_out;
-        if entries.len() as u64 >= most || std::time::Instant::now() > deadline {
+        if std::time::Instant::now() > deadline {
             break;
         }
     }
-    Some(entries)
+    Some(lines)
 }
-
-/// The entries of a walk of a hash map, each once: at most `most` steps and `limit` of
-/// time (a walk the kernel starts over meets entries again); an error ends it with what
-/// it has (an entry evicted under the walk).
-fn collect_walk<K: std::hash::Hash + Eq, V, E>(
-    walk: impl Iterator<Item = Result<(K, V), E>>,
-    most: u64,
-    limit: std::time::Duration,
-) -> Vec<(K, V)> {
-    let started = std::time::Instant::now();
-    let mut entries = std::collections::HashMap::new();
-    for (steps, item) in (1..).zip(walk) {
-        let Ok((key, value)) = item else { break };
-        entries.insert(key, value);
-        if steps >= most || started.elapsed() > limit {
-            break;
-        }
-    }
-    entries.into_iter().collect()
-}
-
 /// The `limit` sources that were refused most (ties: most passed, then by prefix).
 pub fn top_refused(sources: Vec<SourceReport>, limit: usize) -> Vec<SourceReport> {
     let mut refused: Vec<_> = sources
@@ -523,42 +556,4 @@ fn list_report(addr: IpAddr, len: u32, entry: &ListEntry) -> anyhow::Result<List
         allow: entry.action == LIST_ALLOW,
         hits: entry.hits,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_walk_that_starts_over_lists_each_entry_once_and_an_endless_one_stops() {
-        // The kernel's walk starts over when the key it stood on is evicted.
-        let restarting = (0..10)
-            .chain(0..10)
-            .chain(3..7)
-            .map(|key| Ok::<_, ()>((key, key * 2)));
-        let mut entries = collect_walk(restarting, 100, std::time::Duration::from_secs(1));
-        entries.sort_unstable();
-        assert_eq!(
-            entries,
-            (0..10).map(|key| (key, key * 2)).collect::<Vec<_>>()
-        );
-        let endless = (0..).map(|key: u64| Ok::<_, ()>((key % 5, key)));
-        assert_eq!(
-            collect_walk(endless, 40, std::time::Duration::from_secs(1)).len(),
-            5
-        );
-        let slow = (0..).map(|key: u64| {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-            Ok::<_, ()>((key, ()))
-        });
-        let started = std::time::Instant::now();
-        collect_walk(slow, u64::MAX, std::time::Duration::from_millis(100));
-        assert!(started.elapsed() < std::time::Duration::from_millis(300));
-        // An error ends the walk with what it has.
-        let broken = [Ok((1, 1)), Err(()), Ok((2, 2))].into_iter();
-        assert_eq!(
-            collect_walk(broken, 10, std::time::Duration::from_secs(1)),
-            [(1, 1)]
-        );
-    }
 }

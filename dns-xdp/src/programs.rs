@@ -93,7 +93,10 @@ impl Programs {
     pub fn load(settings: &Settings, pins: Option<&Path>) -> anyhow::Result<Self> {
         let config = settings.config()?;
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries("SOURCES", settings.table_size);
+        loader.map_max_entries(
+            dns_xdp_common::maps::SOURCES.name,
+            dns_xdp_common::source_lines(settings.table_size),
+        );
         if let Some(dir) = pins {
             check_pinned_layout(dir)?;
             for name in pinned_maps() {
@@ -122,6 +125,7 @@ impl Programs {
         let mut maps = Maps::from_ebpf(&mut ebpf)?;
         // Pinned maps may be shared with `set`, `allow` and `deny` from other shells.
         let _writer = pins.map(ConfigLock::acquire).transpose()?;
+        maps.init_source_hash()?;
         maps.replace_config(&config)?;
         maps.set_lists(&settings.allow, &settings.deny)?;
         Ok(Self { ebpf, maps })
@@ -286,7 +290,7 @@ impl Attachment {
     ) -> anyhow::Result<Self> {
         let mut programs = Programs::load(settings, Some(dir))?;
         let table_size = programs.maps().table_size()?;
-        if table_size != settings.table_size {
+        if table_size != settings.table_slots() {
             log::warn!(
                 "the source table pinned in {} has {table_size} entries; --table-size {} \
                  applies after `dns-xdp detach`",

@@ -327,6 +327,11 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// The source table's slots for `table_size`: rounded up to whole lines.
+    pub fn table_slots(&self) -> u32 {
+        dns_xdp_common::source_lines(self.table_size) * dns_xdp_common::SOURCE_WAYS as u32
+    }
+
     /// Checks the settings together; the message names the flag at fault.
     pub fn validate(&self) -> anyhow::Result<()> {
         ensure!(

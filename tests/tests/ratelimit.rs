@@ -16,7 +16,7 @@ use dns_xdp::{
 use dns_xdp_common::Counter;
 use dns_xdp_testkit::{
     packet::{Layer, build, dns_query},
-    testrun::{Harness, XDP_DROP, XDP_PASS},
+    testrun::{Harness, XDP_DROP, XDP_PASS, monotonic_ns},
 };
 
 const IP: usize = 14;
@@ -281,54 +281,6 @@ fn dry_run_never_drops_but_counts() {
     );
     let top = harness.programs().maps().top_sources(5).unwrap();
     assert_eq!(top[0].prefix.to_string(), "198.18.1.1/32");
-}
-
-#[test]
-fn a_flood_of_new_sources_does_not_free_a_hot_source() {
-    const TABLE: u32 = 1024;
-    const SPOOFED: u32 = 20_000;
-    let mut settings = limited("1/min", 5);
-    settings.table_size = TABLE;
-    let mut harness = Harness::with(&settings).unwrap();
-    let hot = query_v4(v4("198.18.200.1"));
-    assert_eq!(admitted(&mut harness, &hot, 5), 5);
-    let mut hot_passed = 0;
-    for index in 0..SPOOFED {
-        let [_, b, c, d] = index.to_be_bytes();
-        assert_eq!(
-            admitted(&mut harness, &query_v4(Ipv4Addr::new(10, b, c, d)), 1),
-            1
-        );
-        if index % 50 == 0 {
-            hot_passed += admitted(&mut harness, &hot, 1);
-        }
-    }
-    assert_eq!(
-        hot_passed, 0,
-        "the hot source stayed limited while {SPOOFED} others came and went"
-    );
-    assert_eq!(
-        counter(&mut harness, Counter::SourcesCreated),
-        u64::from(SPOOFED) + 1
-    );
-    assert_eq!(counter(&mut harness, Counter::TableFull), 0);
-    let entries = harness.programs().maps().sources().unwrap().len();
-    assert!(
-        entries <= TABLE as usize,
-        "{entries} entries in a table of {TABLE}"
-    );
-}
-
-/// Reads CLOCK_MONOTONIC, the clock `bpf_ktime_get_ns` reads, in nanoseconds.
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: writes the current time into `now`.
-    let status = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    assert_eq!(status, 0);
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// What a run from every CPU did.
