@@ -61,6 +61,8 @@ const TEST_COMMANDS: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("conntrack", "conntrack"),
     ("bpftool", "bpftool"),
+    // The doctor's legacy-table check is tested against a real iptables-legacy.
+    ("iptables-legacy", "iptables"),
 ];
 /// The userspace packages, which `test` builds, lints and tests by name.
 const USERSPACE_PACKAGES: &[&str] = &[
