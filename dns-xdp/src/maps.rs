@@ -69,6 +69,29 @@ impl SourceReport {
     }
 }
 
+/// The source table's size and what is in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableOccupancy {
+    pub slots: u32,
+    pub bytes: u64,
+    pub in_use: u64,
+    pub active: u64,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the kernel programs' `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes the current time into `now`.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    if status != 0 {
+        return 0;
+    }
+    now.tv_sec as u64 * dns_xdp_common::NS_PER_SEC + now.tv_nsec as u64
+}
+
 /// An allow/deny list entry and how many queries it matched.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListReport {
@@ -294,6 +317,28 @@ impl Maps {
             lines.push(self.sources.get(&index, 0)?);
         }
         Ok(lines)
+    }
+
+    /// The source table's occupancy: slots ever taken, and slots whose source sent a
+    /// query within `SOURCE_HOLD_NS` (the ones a newcomer cannot take).
+    pub fn table_occupancy(&self) -> anyhow::Result<TableOccupancy> {
+        let now = monotonic_ns();
+        let (mut in_use, mut active) = (0, 0);
+        for line in self.source_lines()? {
+            for way in 0..SOURCE_WAYS {
+                in_use += u64::from(line.tags[way] != 0);
+                active += u64::from(
+                    line.tags[way] != 0
+                        && now.saturating_sub(line.lasts[way]) <= dns_xdp_common::SOURCE_HOLD_NS,
+                );
+            }
+        }
+        Ok(TableOccupancy {
+            slots: self.table_size()?,
+            bytes: self.table_bytes(),
+            in_use,
+            active,
+        })
     }
 
     /// The source table's hash key and shape.

@@ -15,7 +15,7 @@ use dns_xdp_common::{Config, Level, NS_PER_SEC};
 
 use crate::{
     conntrack::{self, Hazard, Headroom, InstalledRule},
-    maps::Maps,
+    maps::{Maps, TableOccupancy},
     programs::{EGRESS_PROGRAM, XDP_PROGRAM, if_index, pin_dir},
 };
 
@@ -44,6 +44,8 @@ pub struct Status {
     pub pins: Option<PathBuf>,
     /// The live configuration, read from the pinned maps.
     pub config: Option<Config>,
+    /// The source table, read from the pinned maps.
+    pub table: Option<TableOccupancy>,
     pub xdp: Option<Attached>,
     pub egress: Vec<Attached>,
     /// `None`: no bypass table for this interface.
@@ -118,10 +120,11 @@ impl Status {
             if_index(iface)?;
         }
         let pins = dir.exists().then_some(dir);
-        let (config, drift) = match &pins {
+        let (config, drift, table) = match &pins {
             Some(dir) => {
                 let maps = Maps::from_pins(dir)?;
                 let config = maps.config()?;
+                let table = maps.table_occupancy()?;
                 let drift = crate::pins::recorded_config_file(dir)
                     .map(|file| Drift::of(file, &config, &maps))
                     .transpose()
@@ -129,15 +132,16 @@ impl Status {
                         log::warn!("could not compare with the configuration file: {error:#}");
                         None
                     });
-                (Some(config), drift)
+                (Some(config), drift, Some(table))
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         Ok(Self {
             iface: iface.to_owned(),
             present,
             pins,
             config,
+            table,
             xdp: if present { attached_xdp(iface)? } else { None },
             egress,
             bypass: conntrack::installed(iface)?,
@@ -158,6 +162,12 @@ impl Status {
             })),
             "pins": self.pins.as_ref().map(|dir| dir.display().to_string()),
             "config": self.config.as_ref().map(config_json),
+            "source_table": self.table.map(|table| json!({
+                "slots": table.slots,
+                "bytes": table.bytes,
+                "in_use": table.in_use,
+                "active": table.active,
+            })),
             "xdp": self.xdp.as_ref().map(program),
             "egress": self.egress.iter().map(program).collect::<Vec<_>>(),
             "conntrack_bypass": self.bypass.as_ref().map(|rules| rules.iter().map(|rule| json!({
@@ -185,6 +195,17 @@ impl Status {
         if let (Some(dir), Some(config)) = (&self.pins, &self.config) {
             text.push_str(&format!("  pins:       {}\n", dir.display()));
             text.push_str(&format!("  config:     {}\n", config_json(config)));
+        }
+        if let Some(table) = &self.table {
+            text.push_str(&format!(
+                "  sources:    {} slots ({:.1} MiB, {} bytes each): {} in use, {} active within {} s\n",
+                table.slots,
+                table.bytes as f64 / f64::from(1 << 20),
+                table.bytes / u64::from(table.slots.max(1)),
+                table.in_use,
+                table.active,
+                dns_xdp_common::SOURCE_HOLD_NS / NS_PER_SEC
+            ));
         }
         if let Some(drift) = &self.drift {
             if drift.differ.is_empty() {

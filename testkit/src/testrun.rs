@@ -132,14 +132,4 @@ impl Harness {
     }
 }
 
-/// Reads CLOCK_MONOTONIC, the clock `bpf_ktime_get_ns` reads, in nanoseconds.
-pub fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: writes the current time into `now`.
-    let status = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    assert_eq!(status, 0);
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
-}
+pub use dns_xdp::maps::monotonic_ns;

@@ -125,6 +125,17 @@ fn a_running_instance_is_operated_from_other_processes_and_survives_sigkill() {
     assert_eq!(status["config"]["rate_per_s"], 1000.0, "{status}");
     assert_eq!(status["config"]["budget"]["rate_per_s"], 5000.0, "{status}");
     assert_eq!(status["config"]["budget"]["burst"], 500, "{status}");
+    // The source table: its default size in bytes, the abuser's buckets (one per level).
+    let table = &status["source_table"];
+    assert_eq!(table["slots"], 262_144, "{status}");
+    assert_eq!(
+        table["bytes"],
+        262_144 / dns_xdp_common::SOURCE_WAYS as u64
+            * size_of::<dns_xdp_common::SourceLine>() as u64,
+        "{status}"
+    );
+    assert!(table["in_use"].as_u64().is_some_and(|n| n >= 1), "{status}");
+    assert_eq!(table["active"], table["in_use"], "{status}");
 
     // `set` is live: the very next queries obey the new limit.
     ok(

@@ -310,6 +310,56 @@ fn main() -> anyhow::Result<()> {
         "{lost} samples lost: the sampled path was not measured"
     );
 
+    // New sources: each run a source never seen before, one run per call (a new frame
+    // each time), the bare program measured the same way. Into a table with free slots,
+    // and into a full one where each newcomer takes a slot over (the steady state of a
+    // flood of new sources), at one level and at three.
+    const NEW_SOURCES: u32 = 20_000;
+    let churned = |levels, table_size| Settings {
+        levels,
+        table_size,
+        ..settings(Some("10/s"), 20, &[], &[])
+    };
+    for (name, settings, prefill) in [
+        (
+            "DNS query, a source never seen, a free slot",
+            churned(Levels::None, 1 << 20),
+            0,
+        ),
+        (
+            "DNS query, a source never seen, takes a slot of a full table",
+            churned(Levels::None, 1024),
+            8_192,
+        ),
+        (
+            "DNS query, a source never seen, 3 levels, takes slots of a full table",
+            churned(Levels::Auto, 1024),
+            8_192,
+        ),
+    ] {
+        let mut harness = Harness::with(&settings)?;
+        let mut source = 0x0a00_0000u32;
+        let mut next = || {
+            source += 1;
+            udp4(source.to_be_bytes())
+        };
+        for _ in 0..prefill {
+            harness.run_program(XDP_PROGRAM, &next(), 1)?;
+        }
+        let (mut program, mut baseline) = (Vec::new(), Vec::new());
+        for _ in 0..NEW_SOURCES {
+            let frame = next();
+            program.push(harness.run_program(XDP_PROGRAM, &frame, 1)?.1);
+            baseline.push(harnesses[0].run_baseline(&frame, 1)?.1);
+        }
+        rows.push((
+            name.to_string(),
+            refused.len(),
+            median(program),
+            median(baseline),
+        ));
+    }
+
     let mut markdown = String::from(
         "| path | frame bytes | dns_xdp ns/pkt | xdp_pass ns/pkt | ratio | added ns |\n|---|---:|---:|---:|---:|---:|\n",
     );
