@@ -68,6 +68,31 @@ impl Netns {
         command
     }
 
+    /// Applies an nftables ruleset (`nft -f -`) inside this namespace; fails with nft's
+    /// complaint.
+    pub fn nft(&self, rules: &str) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let mut nft = self
+            .command("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("running nft")?;
+        nft.stdin
+            .take()
+            .context("nft's stdin")?
+            .write_all(rules.as_bytes())?;
+        let output = nft.wait_with_output()?;
+        if !output.status.success() {
+            bail!(
+                "nft refused {rules}: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
     /// Runs `work` on a thread that has joined this namespace: its sockets live here.
     pub fn run<T: Send + 'static>(
         &self,

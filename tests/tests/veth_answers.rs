@@ -5,9 +5,7 @@
 
 use std::{
     collections::HashSet,
-    io::Write as _,
     net::{SocketAddr, TcpListener, UdpSocket},
-    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -39,23 +37,8 @@ fn stateful_rules(iface: &str) -> String {
 }
 
 /// Loads `rules` (nft syntax) into `netns`.
-fn nft_apply(netns: &Netns, rules: &str) {
-    let mut nft = netns
-        .command("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    nft.stdin
-        .take()
-        .unwrap()
-        .write_all(rules.as_bytes())
-        .unwrap();
-    assert!(nft.wait().unwrap().success(), "nft refused {rules}");
-}
-
 fn install_rules(netns: &Netns) {
-    nft_apply(netns, &stateful_rules(LINK));
+    netns.nft(&stateful_rules(LINK)).unwrap();
 }
 
 /// An upstream DNS server (the tests' responder) on the client's port 53.
@@ -460,13 +443,12 @@ fn a_masqueraded_namespace_behind_the_server_resolves_through_it() {
             .unwrap()
             .success()
     );
-    nft_apply(
-        &pair.server,
-        &format!(
+    pair.server
+        .nft(&format!(
             "table ip test_nat {{\n  chain postrouting {{\n    type nat hook postrouting \
              priority 100;\n    oifname \"{LINK}\" masquerade\n  }}\n}}\n"
-        ),
-    );
+        ))
+        .unwrap();
     let (upstream, _responder) = upstream_server(&pair);
     let loader = Loader::attach(&pair.server, &[]).expect("attaching with the bypass on");
 
