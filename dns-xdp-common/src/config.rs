@@ -55,7 +55,9 @@ pub struct Config {
     pub sample_cap: Limit,
     /// Sample one in `sample_every` queries of each decision (counted per CPU); 0: off.
     pub sample_every: u32,
-    pub _reserved: u32,
+    /// Budget queries a CPU draws into its credit at once (`budget_chunk`,
+    /// `budget_chunk_size` for the CPUs there are); 0: every query charged alone.
+    pub budget_chunk: u32,
     /// Counts the configurations written to this instance: a writer writes the spare
     /// slot with the live generation + 1 and flips only if the live one is still the one
     /// it read (the programs ignore it).

@@ -63,6 +63,12 @@ pub const AWAITED: MapSpec = spec(
 );
 pub const FRAGMENTS: MapSpec = spec("FRAGMENTS", size_of::<FragmentKey>(), TIME, true);
 pub const BUDGET: MapSpec = spec("BUDGET", INDEX, TIME, false);
+pub const BUDGET_CREDIT: MapSpec = spec(
+    "BUDGET_CREDIT",
+    INDEX,
+    size_of::<crate::limits::BudgetCredit>(),
+    false,
+);
 pub const SLIP_CAP: MapSpec = spec("SLIP_CAP", INDEX, TIME, false);
 pub const SLIP_PREFIX_CAPS: MapSpec = spec("SLIP_PREFIX_CAPS", INDEX, TIME, false);
 pub const UNTRACKED: MapSpec = spec("UNTRACKED", INDEX, UNTRACKED_WORDS * 8, false);
@@ -77,7 +83,7 @@ pub const SAMPLED_TYPES: MapSpec = spec("SAMPLED_TYPES", INDEX, size_of::<Sample
 pub const AYA_LOGS: MapSpec = spec("AYA_LOGS", 0, 0, false);
 
 /// Every map of the production object.
-pub const MAPS: [MapSpec; 20] = [
+pub const MAPS: [MapSpec; 21] = [
     CONFIG,
     CONFIG_SLOT,
     COUNTERS,
@@ -89,6 +95,7 @@ pub const MAPS: [MapSpec; 20] = [
     AWAITED,
     FRAGMENTS,
     BUDGET,
+    BUDGET_CREDIT,
     SLIP_CAP,
     SLIP_PREFIX_CAPS,
     UNTRACKED,

@@ -6,9 +6,9 @@ use aya_ebpf::maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf};
 use dns_xdp_common::maps::{SLIP_SCRATCH_LEN, UNTRACKED_WORDS};
 use dns_xdp_common::samples::{DECISIONS, SAMPLE_RING_BYTES, SampledTypes};
 use dns_xdp_common::{
-    AWAITED_TABLE_SIZE, AwaitedKey, AwaitedState, Config, Counters, DEFAULT_TABLE_SIZE,
-    EgressCounters, FRAGMENT_TABLE_SIZE, FragmentKey, ListEntry, MAX_LIST_ENTRIES,
-    SLIP_PREFIX_SLOTS, SOURCE_WAYS, SourceHash, SourceLine,
+    AWAITED_TABLE_SIZE, AwaitedKey, AwaitedState, BudgetCredit, Config, Counters,
+    DEFAULT_TABLE_SIZE, EgressCounters, FRAGMENT_TABLE_SIZE, FragmentKey, ListEntry,
+    MAX_LIST_ENTRIES, SLIP_PREFIX_SLOTS, SOURCE_WAYS, SourceHash, SourceLine,
 };
 
 /// Runtime configuration (DNS ports, limit, prefixes, flags), double-buffered: the loader
@@ -45,6 +45,10 @@ pub(crate) static SOURCE_HASH: Array<SourceHash> = Array::with_max_entries(1, 0)
 /// The server budget's GCRA theoretical arrival time, shared by all CPUs; written here only.
 #[map]
 pub(crate) static BUDGET: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Each CPU's server-budget queries paid for in `BUDGET` and not yet admitted; here only.
+#[map]
+pub(crate) static BUDGET_CREDIT: PerCpuArray<BudgetCredit> = PerCpuArray::with_max_entries(1, 0);
 
 /// IPv4 allow/deny prefixes with hit counters; entries written by the loader, hits counted here.
 #[map]

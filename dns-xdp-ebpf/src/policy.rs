@@ -3,7 +3,8 @@
 
 use crate::ingress::refuse;
 use crate::maps::{
-    BUDGET, LIST_V4, LIST_V6, SLIP_CAP, SLIP_PREFIX_CAPS, SOURCE_HASH, SOURCES, untracked,
+    BUDGET, BUDGET_CREDIT, LIST_V4, LIST_V6, SLIP_CAP, SLIP_PREFIX_CAPS, SOURCE_HASH, SOURCES,
+    untracked,
 };
 use crate::parse::{Frame, Transport};
 use crate::sample::Verdict;
@@ -19,9 +20,9 @@ use dns_xdp_common::tcp::{MAX_SEGMENT_COST, TcpStream};
 use dns_xdp_common::{
     BUCKET_TCP_CONNECT, BUCKET_TCP_DATA, BUCKET_UDP, Config, Counter, Counters, Family, L4,
     LIST_ALLOW, Level, Limit, ListEntry, MAX_LEVELS, SLIP_PREFIX_SLOTS, SLIP_V4_PREFIX,
-    SLIP_V6_PREFIX, SOURCE_WAYS, SourceCounts, SourceKey, SourceLine, budget_gcra, claimed_tat,
-    evictability, gcra_ceiling, gcra_charge, is_heavy, line_index, query_defect, slip_prefix_hash,
-    slot_tag, source_hash, victim_forgetting,
+    SLIP_V6_PREFIX, SOURCE_WAYS, SourceCounts, SourceKey, SourceLine, budget_chunk, budget_gcra,
+    claimed_tat, evictability, gcra_ceiling, gcra_charge, is_heavy, line_index, query_defect,
+    slip_prefix_hash, slot_tag, source_hash, victim_forgetting,
 };
 
 /// Compare-and-swap attempts on one bucket before a query is refused as contended. Each
@@ -190,7 +191,7 @@ pub(crate) fn police_source(
         )
     };
     if !walk.refused {
-        if !config.budget.is_on() || spend_budget(walk.now, &config.budget, walk.heavy, cost) {
+        if !config.budget.is_on() || spend_budget(walk.now, config, walk.heavy, cost) {
             counters.bump(Counter::RatePassed);
             return admitted;
         }
@@ -360,17 +361,33 @@ pub(crate) enum Charged {
 
 /// Spends `cost` queries of the server budget. Heavy queries (from a source or prefix
 /// that has spent more than half a burst at some level) may use the budget's burst;
-/// light ones also a reserve of one more burst that heavy ones cannot touch.
+/// light ones also a reserve of one more burst that heavy ones cannot touch. This CPU's
+/// credit first; else a chunk for it while the budget is more than half full
+/// (`budget_chunk`): the `tat` every CPU shares is written once per chunk, not per query.
 #[inline(always)]
-pub(crate) fn spend_budget(now: u64, limit: &Limit, heavy: bool, cost: u64) -> bool {
+pub(crate) fn spend_budget(now: u64, config: &Config, heavy: bool, cost: u64) -> bool {
+    let limit = &config.budget;
+    let credit = BUDGET_CREDIT.get_ptr_mut(0);
+    if let Some(credit) = credit {
+        // SAFETY: this CPU's slot of a per-CPU array; programs on one CPU do not
+        // interleave (XDP runs with migration and preemption off).
+        if unsafe { (*credit).spend(cost) } {
+            return true;
+        }
+    }
     let Some(tat) = BUDGET.get_ptr_mut(0) else {
         return true;
     };
+    let chunk = u64::from(config.budget_chunk);
     for _ in 0..MAX_CAS_ATTEMPTS {
         // SAFETY: `tat` is an aligned u64 in a map value.
         let current = unsafe { core::ptr::read_volatile(tat) };
-        let Some(next) = budget_gcra(current, now, limit, heavy, cost) else {
-            return false;
+        let (next, drawn) = match budget_chunk(current, now, limit, chunk, cost) {
+            Some(next) => (next, chunk),
+            None => match budget_gcra(current, now, limit, heavy, cost) {
+                Some(next) => (next, cost),
+                None => return false,
+            },
         };
         // SAFETY: as above.
         let (_, swapped) = unsafe {
@@ -379,6 +396,10 @@ pub(crate) fn spend_budget(now: u64, limit: &Limit, heavy: bool, cost: u64) -> b
             )
         };
         if swapped {
+            if let Some(credit) = credit {
+                // SAFETY: as above; `drawn` >= `cost`.
+                unsafe { (*credit).queries += drawn - cost };
+            }
             return true;
         }
     }

@@ -6,7 +6,7 @@ use anyhow::{Context as _, bail, ensure};
 use dns_xdp_common::{
     Config, DEFAULT_OPCODES, DEFAULT_TABLE_SIZE, FLAG_BACKENDING, FLAG_DRY_RUN, FLAG_SANITY,
     Family, Level, Limit, MAX_LEVELS, MAX_LIST_ENTRIES, NS_PER_SEC, OPCODE_NOTIFY, OPCODE_QUERY,
-    OPCODE_UPDATE, PortSet, list_flag,
+    OPCODE_UPDATE, PortSet, budget_chunk_size, list_flag,
 };
 pub use ipnet::IpNet;
 
@@ -256,6 +256,12 @@ fn packets_in(rate: Rate, window_ns: u64) -> u64 {
     (u128::from(rate.packets) * u128::from(window_ns) / u128::from(rate.period_ns)).max(1) as u64
 }
 
+/// The CPUs the kernel may run the programs on (possible, not only online: a CPU brought
+/// online later holds a credit too); 1 if it cannot be read.
+fn possible_cpus() -> u32 {
+    aya::util::nr_cpus().map_or(1, |cpus| cpus as u32)
+}
+
 /// The kernel form of a server budget (`Limit::OFF` without one). The burst defaults to
 /// a tenth of a second of the budget: enough for arrivals to bunch up, too little to
 /// let a flood through before the budget bites.
@@ -437,18 +443,19 @@ impl Settings {
             .context("level out of range")?;
             *slot = Level::new(spec.v4_prefix, spec.v6_prefix, limit);
         }
+        let budget = budget_limit(self.budget, self.budget_burst)?;
         Ok(Config {
             dns_ports,
             levels,
             flags: self.flags(),
             allowed_opcodes: self.opcodes,
             slip: self.slip,
-            budget: budget_limit(self.budget, self.budget_burst)?,
+            budget_chunk: budget_chunk_size(&budget, possible_cpus()),
+            budget,
             slip_cap: cap_limit(self.slip_cap)?,
             slip_prefix_cap: cap_limit(self.slip_prefix_cap)?,
             sample_cap: cap_limit(self.sample_cap)?,
             sample_every: self.sample,
-            _reserved: 0,
             generation: 0,
         })
     }

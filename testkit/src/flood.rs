@@ -225,8 +225,8 @@ impl Drop for Flood {
     }
 }
 
-/// Pins this thread to CPU `index`, joins the namespace and loads the program.
-fn prepare(spec: &Spec, index: usize) -> anyhow::Result<Loaded> {
+/// Pins the calling thread to CPU `index` (modulo the CPUs there are).
+pub fn pin_to_cpu(index: usize) {
     // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -234,6 +234,11 @@ fn prepare(spec: &Spec, index: usize) -> anyhow::Result<Loaded> {
         libc::CPU_SET(index % cpus, &mut set);
         libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
     }
+}
+
+/// Pins this thread to CPU `index`, joins the namespace and loads the program.
+fn prepare(spec: &Spec, index: usize) -> anyhow::Result<Loaded> {
+    pin_to_cpu(index);
     let netns = File::open(format!("/var/run/netns/{}", spec.netns))
         .with_context(|| format!("opening namespace {}", spec.netns))?;
     // SAFETY: setns on a valid namespace fd affects only this thread.

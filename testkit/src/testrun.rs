@@ -72,6 +72,39 @@ impl Harness {
         Ok((result.return_value, result.duration))
     }
 
+    /// Runs the main program `repeat` times on each of `frames` at once, frame `i` from a
+    /// thread pinned to CPU `i`: the time per run the kernel measured on each CPU. All
+    /// share the maps, as CPUs do under traffic.
+    pub fn run_concurrently(
+        &mut self,
+        frames: &[Vec<u8>],
+        repeat: u32,
+    ) -> anyhow::Result<Vec<std::time::Duration>> {
+        let program: &aya::programs::Xdp = self.programs.xdp(XDP_PROGRAM)?;
+        let start = std::sync::Barrier::new(frames.len());
+        std::thread::scope(|scope| {
+            let threads: Vec<_> = frames
+                .iter()
+                .enumerate()
+                .map(|(cpu, frame)| {
+                    let start = &start;
+                    scope.spawn(move || {
+                        crate::flood::pin_to_cpu(cpu);
+                        let mut options = TestRunOptions::new();
+                        options.data_in = Some(frame);
+                        options.repeat = repeat;
+                        start.wait();
+                        program.test_run(options).map(|result| result.duration)
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|thread| Ok(thread.join().expect("a test-run thread panicked")?))
+                .collect()
+        })
+    }
+
     /// Runs the test kit's bare `XDP_PASS` program `repeat` times on `frame`: the verdict
     /// and the time the kernel measured, the cost of running any XDP program at all.
     pub fn run_baseline(

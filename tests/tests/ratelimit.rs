@@ -6,11 +6,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::programs::{TestRun, TestRunOptions};
 use dns_xdp::{
     Settings,
     maps::SourceReport,
-    programs::XDP_PROGRAM,
     settings::{Levels, Rate, parse_cidr, parse_levels},
 };
 use dns_xdp_common::Counter;
@@ -287,7 +285,9 @@ fn dry_run_never_drops_but_counts() {
 struct EveryCpu {
     passed: u64,
     limited: u64,
-    /// CLOCK_MONOTONIC just before the first run and just after the last.
+    /// Shed by the server budget, heavy and light.
+    shed: u64,
+    /// CLOCK_MONOTONIC before the threads start and after the last run.
     started_ns: u64,
     ended_ns: u64,
 }
@@ -297,54 +297,56 @@ struct EveryCpu {
 fn from_every_cpu(harness: &mut Harness, frame: &[u8], runs_per_cpu: u32) -> EveryCpu {
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     let before = harness.programs().maps().counters().unwrap();
-    let xdp = &*harness.programs().xdp(XDP_PROGRAM).unwrap();
-    let start = std::sync::Barrier::new(cpus + 1);
-    let mut started_ns = 0;
-    std::thread::scope(|scope| {
-        for cpu in 0..cpus {
-            let start = &start;
-            scope.spawn(move || {
-                // SAFETY: a zeroed cpu_set_t with one CPU set, applied to this thread.
-                unsafe {
-                    let mut set: libc::cpu_set_t = std::mem::zeroed();
-                    libc::CPU_SET(cpu, &mut set);
-                    assert_eq!(
-                        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-                        0
-                    );
-                }
-                let mut options = TestRunOptions::new();
-                options.data_in = Some(frame);
-                options.repeat = runs_per_cpu;
-                start.wait();
-                xdp.test_run(options).unwrap();
-            });
-        }
-        started_ns = monotonic_ns();
-        start.wait();
-    });
+    let started_ns = monotonic_ns();
+    harness
+        .run_concurrently(&vec![frame.to_vec(); cpus], runs_per_cpu)
+        .unwrap();
     let ended_ns = monotonic_ns();
     let after = harness.programs().maps().counters().unwrap();
     let delta = |counter| after.get(counter) - before.get(counter);
     let runs = u64::from(runs_per_cpu) * cpus as u64;
     assert_eq!(delta(Counter::Packets), runs);
     assert_eq!(delta(Counter::TableFull), 0, "a query passed unlimited");
+    let shed = delta(Counter::BudgetShedHeavy) + delta(Counter::BudgetShedLight);
     println!(
-        "{cpus} CPUs, {runs} runs in {:.1} ms: passed {}, limited {}, contended {}",
+        "{cpus} CPUs, {runs} runs in {:.1} ms: passed {}, limited {}, contended {}, shed {shed}",
         (ended_ns - started_ns) as f64 / 1e6,
         delta(Counter::RatePassed),
         delta(Counter::RateLimited),
         delta(Counter::RateContended)
     );
     assert_eq!(
-        delta(Counter::RatePassed) + delta(Counter::RateLimited),
+        delta(Counter::RatePassed) + delta(Counter::RateLimited) + shed,
         runs
     );
     EveryCpu {
         passed: delta(Counter::RatePassed),
         limited: delta(Counter::RateLimited),
+        shed,
         started_ns,
         ended_ns,
+    }
+}
+
+/// The server budget from every CPU at once, each CPU drawing credit in chunks: it
+/// admits exactly its burst and its light reserve (two bursts; no level is heavy) and
+/// not one query more, whatever each CPU still held when the budget ran low.
+#[test]
+fn the_budget_from_every_cpu_admits_exactly_its_bursts() {
+    const BURST: u32 = 20_000;
+    for round in 0..3 {
+        let mut harness = Harness::with(&Settings {
+            budget: Some("1/hour".parse().unwrap()),
+            budget_burst: Some(BURST),
+            ..limited("1000000000/s", 2_000_000_000)
+        })
+        .unwrap();
+        let chunk = harness.programs().maps().config().unwrap().budget_chunk;
+        assert!(chunk > 1, "CPUs draw credit in chunks (of {chunk})");
+        // Different sources per run would only move the per-source buckets: one will do.
+        let run = from_every_cpu(&mut harness, &query_v4(v4("198.18.3.5")), 30_000);
+        assert_eq!(run.passed, 2 * u64::from(BURST), "round {round}");
+        assert!(run.shed > 0);
     }
 }
 

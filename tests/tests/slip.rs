@@ -5,6 +5,7 @@
 use dns_xdp::Settings;
 use dns_xdp_common::Counter;
 use dns_xdp_testkit::{
+    flood::pin_to_cpu,
     packet::{DSTOPTS, Layer, build, dns_query},
     testrun::{Harness, XDP_DROP, XDP_PASS, XDP_TX},
 };
@@ -27,16 +28,6 @@ fn slipping(slip: u32) -> Harness {
         ..Settings::default()
     })
     .unwrap()
-}
-
-/// Pins this thread to CPU 0: slip counts refusals per CPU.
-fn pin() {
-    // SAFETY: a zeroed cpu_set_t with one CPU set, applied to this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
-    }
 }
 
 /// Checks that `reply` is the truncated answer to `query`: every header mirrored, the
@@ -115,7 +106,8 @@ fn check_reply(query: &[u8], reply: &[u8], name: &str) {
 
 #[test]
 fn a_slipped_query_gets_an_exact_truncated_reply() {
-    pin();
+    // Slip counts refusals per CPU: all on CPU 0.
+    pin_to_cpu(0);
     // example.com makes a 29-byte reply message: the checksum pads its last byte.
     for (name, layers) in [
         (
@@ -225,7 +217,8 @@ fn a_slipped_query_gets_an_exact_truncated_reply() {
 
 #[test]
 fn one_in_n_refused_queries_is_slipped_and_tcp_never() {
-    pin();
+    // Slip counts refusals per CPU: all on CPU 0.
+    pin_to_cpu(0);
     let query = build(&[
         Layer::Eth,
         Layer::ipv4(),
@@ -327,7 +320,8 @@ fn query_from(source: [u8; 4]) -> Vec<u8> {
 
 #[test]
 fn a_flood_spoofing_one_victim_gets_it_no_more_than_the_cap() {
-    pin();
+    // Slip counts refusals per CPU: all on CPU 0.
+    pin_to_cpu(0);
     // Slip 2, as the packaged example; the default caps: 10/s per /24, 1000/s in all.
     let mut harness = slipping(2);
     let frame = query_from([198, 51, 100, 7]);
@@ -377,7 +371,8 @@ fn a_flood_spoofing_one_victim_gets_it_no_more_than_the_cap() {
 
 #[test]
 fn slipped_replies_to_all_destinations_stay_under_the_global_cap() {
-    pin();
+    // Slip counts refusals per CPU: all on CPU 0.
+    pin_to_cpu(0);
     let mut harness = Harness::with(&Settings {
         rate: Some("1/hour".parse().unwrap()),
         burst: 1,

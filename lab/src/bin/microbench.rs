@@ -113,6 +113,11 @@ fn main() -> anyhow::Result<()> {
         frame[26..30].copy_from_slice(&src);
         frame
     };
+    let admitting_budget = Settings {
+        budget: Some("1000000000/s".parse().unwrap()),
+        budget_burst: Some(u32::MAX),
+        ..settings(Some("1000000000/s"), u32::MAX, &[], &[])
+    };
     // 0: parse and count only; 1: a bucket that always admits (1 ns interval, huge
     // burst); 2: a bucket that always refuses (after its first packet); 3: lists;
     // 4: three levels.
@@ -132,11 +137,7 @@ fn main() -> anyhow::Result<()> {
             ..settings(Some("10000000/s"), u32::MAX / 32, &[], &[])
         })?,
         // 5: one level and a server budget, both always admitting.
-        Harness::with(&Settings {
-            budget: Some("1000000000/s".parse().unwrap()),
-            budget_burst: Some(u32::MAX),
-            ..settings(Some("1000000000/s"), u32::MAX, &[], &[])
-        })?,
+        Harness::with(&admitting_budget)?,
     ];
     let paths = [
         Path {
@@ -360,6 +361,67 @@ fn main() -> anyhow::Result<()> {
         ));
     }
 
+    // Many CPUs: the same path from one CPU, then from every CPU at once, each CPU its
+    // own source unless the path is about one shared bucket. What the CPUs share: the
+    // server budget's `tat` (written by every admitted query, only read once it is
+    // spent) and, for one source, its slot. Compare-and-swap attempts that lose to
+    // another CPU `MAX_CAS_ATTEMPTS` times refuse: counted, they are false refusals.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let spent_budget = Settings {
+        budget: Some("1/hour".parse().unwrap()),
+        budget_burst: Some(1),
+        ..settings(Some("1000000000/s"), u32::MAX, &[], &[])
+    };
+    let mut spent = Harness::with(&spent_budget)?;
+    // The budget as it was before CPUs drew credit: every query charged to the shared
+    // `tat` (a chunk of 0).
+    let mut exact_budget = Harness::with(&admitting_budget)?;
+    let mut config = exact_budget.programs().maps().config()?;
+    config.budget_chunk = 0;
+    exact_budget.programs().maps_mut().set_config(&config)?;
+    let mut contention = Vec::new();
+    for (name, harness, shared_source) in [
+        ("bucket admits, no budget", Some(1), false),
+        ("bucket admits, one source from every CPU", Some(1), true),
+        (
+            "bucket and server budget admit, every query written to the shared tat",
+            Some(6),
+            false,
+        ),
+        (
+            "bucket and server budget admit, from each CPU's credit",
+            Some(5),
+            false,
+        ),
+        ("server budget spent (shed)", None, false),
+    ] {
+        let harness = match harness {
+            Some(6) => &mut exact_budget,
+            Some(index) => &mut harnesses[index],
+            None => &mut spent,
+        };
+        let frame = |cpu: usize| udp4([198, 18, 1, if shared_source { 2 } else { cpu as u8 + 2 }]);
+        let before = harness.programs().maps().counters()?;
+        let (mut one, mut all) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            one.push(harness.run_concurrently(&[frame(0)], REPEAT)?[0]);
+            let frames: Vec<Vec<u8>> = (0..cpus).map(frame).collect();
+            let times = harness.run_concurrently(&frames, REPEAT)?;
+            all.push(times.iter().sum::<Duration>() / times.len() as u32);
+        }
+        let after = harness.programs().maps().counters()?;
+        let moved = |counter| after.get(counter) - before.get(counter);
+        let false_refusals = if name.starts_with("server budget spent") {
+            0
+        } else {
+            moved(Counter::RateContended)
+                + moved(Counter::BudgetShedHeavy)
+                + moved(Counter::BudgetShedLight)
+        };
+        let runs = u64::from(REPEAT) * ROUNDS as u64 * (1 + cpus as u64);
+        contention.push((name, median(one), median(all), false_refusals, runs));
+    }
+
     let mut markdown = String::from(
         "| path | frame bytes | dns_xdp ns/pkt | xdp_pass ns/pkt | ratio | added ns |\n|---|---:|---:|---:|---:|---:|\n",
     );
@@ -373,6 +435,22 @@ fn main() -> anyhow::Result<()> {
         json.push(serde_json::json!({
             "path": name, "frame_bytes": len, "dns_xdp_ns": program, "xdp_pass_ns": baseline,
             "ratio": program / baseline,
+        }));
+    }
+    markdown.push_str(&format!(
+        "\nMany CPUs: ns per packet on one CPU alone, then on each of {cpus} CPUs at once \
+         (the mean of the CPUs), and the refusals lost to contention:\n\n\
+         | path | 1 CPU ns/pkt | {cpus} CPUs ns/pkt | ratio | false refusals | runs |\n\
+         |---|---:|---:|---:|---:|---:|\n"
+    ));
+    for (name, one, all, false_refusals, runs) in &contention {
+        markdown.push_str(&format!(
+            "| {name} | {one:.1} | {all:.1} | {:.2} | {false_refusals} | {runs} |\n",
+            all / one
+        ));
+        json.push(serde_json::json!({
+            "contended_path": name, "one_cpu_ns": one, "all_cpus_ns": all, "cpus": cpus,
+            "false_refusals": false_refusals, "runs": runs,
         }));
     }
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
