@@ -1,10 +1,15 @@
 //! A flood generator for the lab and the end-to-end benchmark: BPF_PROG_TEST_RUN in
-//! live-frames mode. The kernel runs a tiny XDP program (dns-xdp-ebpf/src/bench.rs) on
-//! copies of a DNS query frame; the program picks a (spoofed) source address and returns
-//! `XDP_TX`, and the kernel transmits each frame out of a veth in the sender's namespace,
-//! so it arrives at the peer (the server) as if a NIC had received it. No socket, no skb
-//! on the sending side: millions of frames per second per CPU when nothing downstream is
+//! live-frames mode. The kernel runs a tiny XDP program (dns-xdp-test-ebpf) on copies of
+//! a DNS query frame; the program picks a (spoofed) source address and returns `XDP_TX`,
+//! and the kernel transmits each frame out of a veth in the sender's namespace, so it
+//! arrives at the peer (the server) as if a NIC had received it. No socket, no skb on
+//! the sending side: millions of frames per second per CPU when nothing downstream is
 //! the bottleneck.
+//!
+//! Some kernels refuse live frames (EPERM: seen on a 6.18 guest kernel, for every
+//! program, in every namespace, with every capability but CAP_SYS_RESOURCE). There the
+//! same frames, their sources picked the same way, go out through a packet socket in
+//! batches (`sendmmsg`): slower, but the same flood.
 //!
 //! On veth, frames sent this way (`ndo_xdp_xmit`) are dropped unless the receiving end
 //! runs NAPI: an XDP program attached there (dns-xdp) or GRO enabled on it
@@ -23,7 +28,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp};
+use aya::programs::{ProgramError, TestRun, TestRunAttrs, TestRunOptions, Xdp};
 
 use crate::packet::{dns_query, internet_checksum};
 
@@ -110,7 +115,7 @@ pub struct Flood {
 /// What a flood did.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Report {
-    /// Frames the kernel ran the program on (each returned `XDP_TX`).
+    /// Frames sent (the program returned `XDP_TX`, or the packet socket took them).
     pub sent: u64,
     pub elapsed: Duration,
 }
@@ -264,6 +269,8 @@ fn prepare(spec: &Spec, index: usize) -> anyhow::Result<Loaded> {
         ebpf,
         name,
         context,
+        ifindex,
+        kind: spec.kind,
     })
 }
 
@@ -272,18 +279,155 @@ struct Loaded {
     ebpf: aya::Ebpf,
     name: &'static str,
     context: Vec<u8>,
+    ifindex: u32,
+    kind: Kind,
 }
 
-fn run(program: &Xdp, frame: &[u8], context: &[u8], count: u32) -> anyhow::Result<()> {
+fn run(program: &Xdp, frame: &[u8], context: &[u8], count: u32) -> Result<(), ProgramError> {
     let mut options = TestRunOptions::new();
     options.data_in = Some(frame);
     options.ctx_in = Some(context);
     options.repeat = count;
     options.attrs = TestRunAttrs::new().xdp_live_frames(BATCH);
-    program
-        .test_run(options)
-        .context("BPF_PROG_TEST_RUN with live frames (kernel 5.18 or later)")?;
-    Ok(())
+    program.test_run(options).map(|_| ())
+}
+
+/// The kernel refuses live frames outright (not a failure of one call).
+fn live_frames_refused(error: &ProgramError) -> bool {
+    matches!(error, ProgramError::SyscallError(error)
+        if error.io_error.raw_os_error() == Some(libc::EPERM))
+}
+
+/// Frames per `sendmmsg` call of the packet-socket sender.
+const SOCKET_BATCH: usize = 64;
+
+/// The fallback sender: a packet socket on the interface, the frame copied into a batch
+/// whose sources are picked as the XDP programs pick them.
+struct PacketSocket {
+    fd: std::os::fd::OwnedFd,
+    kind: Kind,
+    batch: Vec<Vec<u8>>,
+    random: u64,
+}
+
+impl PacketSocket {
+    /// A packet socket bound to `ifindex` (in the calling thread's namespace), sending
+    /// only (protocol 0: it receives nothing), past the qdisc.
+    fn open(ifindex: u32, kind: Kind, frame: &[u8]) -> anyhow::Result<Self> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain socket call; the fd is owned below.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        if raw < 0 {
+            bail!("packet socket: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd nobody else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        // SAFETY: a zeroed sockaddr_ll is valid; its length is passed.
+        let bound = unsafe {
+            let mut address: libc::sockaddr_ll = std::mem::zeroed();
+            address.sll_family = libc::AF_PACKET as u16;
+            address.sll_ifindex = ifindex as i32;
+            libc::bind(
+                raw,
+                (&raw const address).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if bound != 0 {
+            bail!(
+                "binding the packet socket: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let bypass: libc::c_int = 1;
+        // SAFETY: an int option, its size passed. Best effort: without it frames go
+        // through the qdisc, a little slower.
+        unsafe {
+            libc::setsockopt(
+                raw,
+                libc::SOL_PACKET,
+                libc::PACKET_QDISC_BYPASS,
+                (&raw const bypass).cast(),
+                size_of::<libc::c_int>() as u32,
+            )
+        };
+        let seed = std::time::SystemTime::UNIX_EPOCH
+            .elapsed()
+            .map_or(0, |since| since.as_nanos() as u64)
+            ^ u64::from(ifindex) << 32;
+        Ok(Self {
+            fd,
+            kind,
+            batch: vec![frame.to_vec(); SOCKET_BATCH],
+            random: seed | 1,
+        })
+    }
+
+    /// Sends up to `count` frames, each with a new source; returns how many went out.
+    fn send(&mut self, count: u32, stop: &AtomicBool) -> anyhow::Result<u32> {
+        let mut done = 0u32;
+        while done < count && !stop.load(Ordering::Relaxed) {
+            let frames = (count - done).min(SOCKET_BATCH as u32) as usize;
+            for frame in &mut self.batch[..frames] {
+                // xorshift64: any fast generator will do for spoofed sources.
+                self.random ^= self.random << 13;
+                self.random ^= self.random >> 7;
+                self.random ^= self.random << 17;
+                spoof(frame, self.kind, self.random as u32);
+            }
+            let mut iovecs: Vec<libc::iovec> = self.batch[..frames]
+                .iter_mut()
+                .map(|frame| libc::iovec {
+                    iov_base: frame.as_mut_ptr().cast(),
+                    iov_len: frame.len(),
+                })
+                .collect();
+            let mut messages: Vec<libc::mmsghdr> = iovecs
+                .iter_mut()
+                .map(|iovec| {
+                    // SAFETY: a zeroed msghdr is valid (no address, no control data).
+                    let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                    header.msg_hdr.msg_iov = iovec;
+                    header.msg_hdr.msg_iovlen = 1;
+                    header
+                })
+                .collect();
+            // SAFETY: `messages` points into `iovecs` and `self.batch`, alive for the call.
+            let sent = unsafe {
+                libc::sendmmsg(
+                    std::os::fd::AsRawFd::as_raw_fd(&self.fd),
+                    messages.as_mut_ptr(),
+                    frames as u32,
+                    0,
+                )
+            };
+            if sent < 0 {
+                let error = std::io::Error::last_os_error();
+                match error.raw_os_error() {
+                    // The device queue is full: give it a moment.
+                    Some(libc::ENOBUFS | libc::EAGAIN) => thread::yield_now(),
+                    _ => bail!("sending on the packet socket: {error}"),
+                }
+            } else {
+                done += sent as u32;
+            }
+        }
+        Ok(done)
+    }
+}
+
+/// Sets the source of `frame` (the `template`'s layout) as the XDP flood programs do:
+/// any address of the base's /16 (`Spoofed`) or last octet 1 to 4 (`Concentrated`),
+/// a random source port of 1024 or more, the IPv4 checksum recomputed.
+fn spoof(frame: &mut [u8], kind: Kind, random: u32) {
+    match kind {
+        Kind::Spoofed => frame[28..30].copy_from_slice(&(random as u16).to_be_bytes()),
+        Kind::Concentrated => frame[29] = (random & 3) as u8 + 1,
+    }
+    frame[34..36].copy_from_slice(&((random >> 16) as u16 | 1024).to_be_bytes());
+    frame[24..26].fill(0);
+    let checksum = internet_checksum(&frame[14..34]);
+    frame[24..26].copy_from_slice(&checksum.to_be_bytes());
 }
 
 fn send(
@@ -296,6 +440,7 @@ fn send(
     let started = Instant::now();
     let mut done: u64 = 0;
     let (mut calls, mut sleeps, mut in_calls) = (0u64, 0u64, Duration::ZERO);
+    let mut socket: Option<PacketSocket> = None;
     while !stop.load(Ordering::Relaxed) {
         let count = match rate {
             None => MAX_CALL,
@@ -317,13 +462,28 @@ fn send(
                 owed as u32
             }
         };
-        let program: &Xdp = loaded
-            .ebpf
-            .program(loaded.name)
-            .context("program vanished")?
-            .try_into()?;
         let call = Instant::now();
-        run(program, frame, &loaded.context, count)?;
+        let count = match &mut socket {
+            Some(socket) => socket.send(count, stop)?,
+            None => {
+                let program: &Xdp = loaded
+                    .ebpf
+                    .program(loaded.name)
+                    .context("program vanished")?
+                    .try_into()?;
+                match run(program, frame, &loaded.context, count) {
+                    Ok(()) => count,
+                    Err(error) if calls == 0 && live_frames_refused(&error) => {
+                        socket = Some(PacketSocket::open(loaded.ifindex, loaded.kind, frame)?);
+                        continue;
+                    }
+                    Err(error) => {
+                        return Err(error)
+                            .context("BPF_PROG_TEST_RUN with live frames (kernel 5.18 or later)");
+                    }
+                }
+            }
+        };
         in_calls += call.elapsed();
         calls += 1;
         done += u64::from(count);
@@ -331,8 +491,13 @@ fn send(
     }
     if std::env::var_os("FLOOD_DEBUG").is_some() {
         eprintln!(
-            "flood thread: {done} frames in {calls} calls ({in_calls:?} in calls), {sleeps} sleeps, {:?}",
-            started.elapsed()
+            "flood thread: {done} frames in {calls} calls ({in_calls:?} in calls), {sleeps} sleeps, {:?}, {}",
+            started.elapsed(),
+            if socket.is_some() {
+                "packet socket"
+            } else {
+                "live frames"
+            }
         );
     }
     Ok(())
