@@ -351,22 +351,23 @@ fn a_flood_spoofing_one_victim_gets_it_no_more_than_the_cap() {
     assert!(slipped >= 10, "the cap's burst is slipped: {slipped}");
     // Half the refused queries come up for slipping; all but the slipped are capped.
     assert_eq!(slipped + capped, u64::from(RUNS - 1) / 2);
-    // A neighbour in the same /24 shares the victim's cap; another /24 has its own.
-    assert_eq!(
-        harness.run(&query_from([198, 51, 100, 8])).unwrap().verdict,
-        XDP_PASS
+    // A neighbour in the same /24 shares the victim's cap, which the flood left empty: it
+    // gets only what the cap refilled since (10/s), while another /24 gets its own
+    // burst of 10. Counted, not timed: the cap refills while this test waits for a CPU.
+    let flood_ended = std::time::Instant::now();
+    let slips_of = |harness: &mut Harness, source: [u8; 4]| {
+        (0..40)
+            .filter(|_| harness.run(&query_from(source)).unwrap().verdict == XDP_TX)
+            .count() as u64
+    };
+    let neighbour = slips_of(&mut harness, [198, 51, 100, 8]);
+    let refilled = 1 + (10.0 * flood_ended.elapsed().as_secs_f64()) as u64;
+    let other = slips_of(&mut harness, [198, 51, 101, 8]);
+    assert!(
+        neighbour <= refilled,
+        "the victim's /24 shares its cap: {neighbour} slipped, at most {refilled}"
     );
-    let mut verdicts = Vec::new();
-    for _ in 0..4 {
-        verdicts.push(harness.run(&query_from([198, 51, 100, 8])).unwrap().verdict);
-    }
-    assert!(!verdicts.contains(&XDP_TX), "{verdicts:?}");
-    harness.run(&query_from([198, 51, 101, 8])).unwrap();
-    let mut verdicts = Vec::new();
-    for _ in 0..4 {
-        verdicts.push(harness.run(&query_from([198, 51, 101, 8])).unwrap().verdict);
-    }
-    assert!(verdicts.contains(&XDP_TX), "{verdicts:?}");
+    assert!(other >= 10, "another /24 has a cap of its own: {other} slipped");
 }
 
 #[test]
