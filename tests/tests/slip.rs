@@ -367,7 +367,10 @@ fn a_flood_spoofing_one_victim_gets_it_no_more_than_the_cap() {
         neighbour <= refilled,
         "the victim's /24 shares its cap: {neighbour} slipped, at most {refilled}"
     );
-    assert!(other >= 10, "another /24 has a cap of its own: {other} slipped");
+    assert!(
+        other >= 10,
+        "another /24 has a cap of its own: {other} slipped"
+    );
 }
 
 #[test]
