@@ -78,8 +78,14 @@ const USERSPACE_PACKAGES: &[&str] = &[
 const EBPF_PACKAGES: &[&str] = &["dns-xdp-ebpf", "dns-xdp-test-ebpf"];
 
 /// DNS servers the tests run as real peers, in namespaces (their packages would start
-/// the service on the host: installed with service starts refused).
-const TEST_SERVERS: &[(&str, &str)] = &[("nsd", "nsd"), ("unbound", "unbound")];
+/// the service on the host: installed with service starts refused), and `dig`, the
+/// client that shows a server's DNS cookies.
+const TEST_SERVERS: &[(&str, &str)] = &[
+    ("nsd", "nsd"),
+    ("unbound", "unbound"),
+    ("named", "bind9"),
+    ("dig", "bind9-dnsutils"),
+];
 
 fn main() -> anyhow::Result<()> {
     let started = Instant::now();
@@ -460,8 +466,8 @@ fn setup_lab() -> anyhow::Result<()> {
 }
 
 /// Installs the packages of `commands` that are missing, with service starts refused
-/// (a policy-rc.d that exits 101 while apt runs): NSD's or Unbound's package would
-/// otherwise start the server in the initial namespace, on the real interfaces.
+/// (a policy-rc.d that exits 101 while apt runs): NSD's, Unbound's or BIND's package
+/// would otherwise start the server in the initial namespace, on the real interfaces.
 fn install_servers(commands: &[(&str, &str)]) -> anyhow::Result<()> {
     let names: Vec<&str> = commands.iter().map(|&(command, _)| command).collect();
     let packages: Vec<&str> = commands
