@@ -7,6 +7,7 @@
 
 pub mod class;
 pub mod config;
+pub mod cookies;
 pub mod counters;
 pub mod dns;
 pub mod keys;
@@ -19,6 +20,7 @@ pub mod tcp;
 
 pub use class::*;
 pub use config::*;
+pub use cookies::*;
 pub use counters::*;
 pub use dns::*;
 pub use keys::*;

@@ -113,8 +113,9 @@ pub fn siphash13(secret: &[u64; 2], words: &[u64; 3]) -> u64 {
     v[0] ^ v[1] ^ v[2] ^ v[3]
 }
 
+/// One SipRound, shared by SipHash-1-3 here and SipHash-2-4 (`cookies`).
 #[inline(always)]
-fn sip_round(v: &mut [u64; 4]) {
+pub fn sip_round(v: &mut [u64; 4]) {
     v[0] = v[0].wrapping_add(v[1]);
     v[1] = v[1].rotate_left(13) ^ v[0];
     v[0] = v[0].rotate_left(32);

@@ -2,6 +2,7 @@
 //! interface and reads their counters. The `dns-xdp` binary is a thin CLI over this.
 
 pub mod conntrack;
+pub mod cookies;
 pub mod maps;
 pub mod metrics;
 pub mod options;
