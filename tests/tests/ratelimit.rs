@@ -390,6 +390,9 @@ fn one_source_from_every_cpu_stays_within_burst_plus_rate() {
             "24/48:{always},16/32:{always},8/16:{RATE}/s:{BURST}"
         ))
         .unwrap(),
+        // A small table: reading the bucket between rounds takes well under a
+        // millisecond (the default's 17 MiB took 16 to 70 ms, most of the burst).
+        table_size: 1024,
         ..limited("1000000000/s", 2_000_000_000)
     };
     let mut harness = Harness::with(&settings).unwrap();
@@ -402,13 +405,23 @@ fn one_source_from_every_cpu_stays_within_burst_plus_rate() {
     };
     // Spend the first burst: from here on the bucket stays busy.
     from_every_cpu(&mut harness, &frame, 1_000_000);
-    for round in 0..3 {
+    let mut refills = 0;
+    let mut round = 0;
+    while round < 3 {
         let before = tat(&mut harness);
         let run = from_every_cpu(&mut harness, &frame, 1_500_000);
-        assert!(
-            before > run.started_ns,
-            "round {round}: the bucket refilled"
-        );
+        if before <= run.started_ns {
+            // The test waited for a CPU longer than the burst lasts (a loaded machine):
+            // the bucket refilled and this round proves nothing. Busy it again.
+            refills += 1;
+            assert!(
+                refills < 5,
+                "round {round}: the bucket refilled {refills} times"
+            );
+            from_every_cpu(&mut harness, &frame, 1_000_000);
+            continue;
+        }
+        round += 1;
         let earned = (tat(&mut harness) - before) / INTERVAL_NS;
         assert!(
             earned >= run.passed,
