@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::{Family, Limit, PortSet};
+use crate::{CookieSecrets, Family, Limit, PortSet};
 
 /// Config flag: count would-be drops, drop nothing.
 pub const FLAG_DRY_RUN: u16 = 1;
@@ -62,6 +62,9 @@ pub struct Config {
     /// slot with the live generation + 1 and flips only if the live one is still the one
     /// it read (the programs ignore it).
     pub generation: u64,
+    /// Server secrets for DNS cookies (`cookies`): a UDP query with a valid server
+    /// cookie is exempt from the prefix levels; off with no secret.
+    pub cookies: CookieSecrets,
 }
 
 /// The destination prefixes slip's per-prefix cap counts by: a victim's network, as a

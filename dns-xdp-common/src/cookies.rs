@@ -1,7 +1,8 @@
-//! DNS server cookies (RFC 7873, RFC 9018): the SipHash-2-4 a server computes its
-//! cookies with, and the timestamp window it accepts them in, as plain functions the
-//! kernel's check (issue #15) and the tests share. `tests/tests/veth_cookies.rs` shows
-//! they reproduce BIND 9's cookies bit for bit.
+//! DNS server cookies (RFC 7873, RFC 9018) as XDP checks them: the secrets in the live
+//! configuration, what a query's COOKIE option can say, the SipHash-2-4 a server
+//! computes its cookies with and the timestamp window it accepts them in, as plain
+//! functions the kernel's check and the tests share. `tests/tests/veth_cookies.rs`
+//! shows they reproduce BIND 9's cookies bit for bit.
 //!
 //! An RFC 9018 server cookie is 16 bytes: version 1, three reserved bytes, a 32-bit
 //! timestamp (seconds since the epoch, serial arithmetic) and the first 8 bytes of
@@ -25,6 +26,51 @@ pub const COOKIE_VERSION: u8 = 1;
 /// minutes in the future, is not accepted.
 pub const COOKIE_MAX_AGE_S: u32 = 3600;
 pub const COOKIE_MAX_AHEAD_S: u32 = 300;
+
+/// What a query's COOKIE option said: a client cookie only, or no OPT record, or no
+/// COOKIE option: nothing to verify. (In the order of the `Cookie*` counters.)
+pub const COOKIE_NONE: u8 = 0;
+/// A server cookie a configured secret made for this client, within the window.
+pub const COOKIE_VALID: u8 = 1;
+/// A server cookie that no configured secret made for this client (forged, mangled,
+/// another server's, a secret since dropped, or not in the RFC 9018 format).
+pub const COOKIE_INVALID: u8 = 2;
+/// A server cookie a configured secret made, with a timestamp outside the window.
+pub const COOKIE_STALE: u8 = 3;
+
+/// The server secrets cookies are checked against, in the live configuration: the
+/// current one first, then the previous one during a rotation.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default, Debug, PartialEq, Eq)]
+pub struct CookieSecrets {
+    /// Each secret as SipHash's (k0, k1): its 16 bytes read as two little-endian words.
+    pub keys: [[u64; 2]; 2],
+    /// Secrets in use: 0 (cookies not checked), 1 or 2.
+    pub count: u32,
+    /// Seconds to add to the kernel's TAI clock for UNIX time (the loader reads both
+    /// clocks: 0, or -37 where the kernel knows the TAI offset).
+    pub tai_to_unix_s: i32,
+}
+
+impl CookieSecrets {
+    /// The secrets of `secrets` (16 bytes each, at most 2, current first).
+    pub fn new(secrets: &[[u8; 16]], tai_to_unix_s: i32) -> Self {
+        let mut keys = [[0; 2]; 2];
+        for (key, secret) in keys.iter_mut().zip(secrets) {
+            *key = secret_key(secret);
+        }
+        Self {
+            keys,
+            count: secrets.len().min(2) as u32,
+            tai_to_unix_s,
+        }
+    }
+
+    #[inline(always)]
+    pub const fn is_on(&self) -> bool {
+        self.count != 0
+    }
+}
 
 /// A 16-byte secret as SipHash's key words.
 pub fn secret_key(secret: &[u8; 16]) -> [u64; 2] {

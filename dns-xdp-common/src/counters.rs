@@ -177,6 +177,18 @@ counters! {
     SamplesLost => "samples_lost",
     /// Samples not taken because the samples-per-second cap was spent.
     SamplesCapped => "samples_capped",
+    /// UDP queries checked for a DNS cookie (secrets configured) without a server
+    /// cookie: no COOKIE option, or a client cookie alone.
+    CookieNone => "cookie_none",
+    /// Queries with a server cookie a configured secret made for their source, within
+    /// the RFC 9018 window: the prefix levels pass them (the budget still applies).
+    CookieValid => "cookie_valid",
+    /// Queries with a server cookie no configured secret made for their source
+    /// (forged, mangled, another server's): limited as if they had none.
+    CookieInvalid => "cookie_invalid",
+    /// Queries with a server cookie a secret made, outside the RFC 9018 window (over an
+    /// hour old, or over five minutes ahead): limited as if they had none.
+    CookieStale => "cookie_stale",
 }
 
 counters! {
@@ -261,7 +273,23 @@ impl Counters {
             self.values[Counter::RateLimitedLevel0 as usize + index] += 1;
         }
     }
+
+    /// Counts a cookie check's outcome (`COOKIE_*`, in the order of the `Cookie*`
+    /// counters): arithmetic, one path for the verifier.
+    #[inline(always)]
+    pub fn bump_cookie(&mut self, outcome: u8) {
+        let index = usize::from(outcome);
+        if index <= crate::COOKIE_STALE as usize {
+            self.values[Counter::CookieNone as usize + index] += 1;
+        }
+    }
 }
+
+const _: () = assert!(
+    Counter::CookieValid as u8 - Counter::CookieNone as u8 == crate::COOKIE_VALID
+        && Counter::CookieInvalid as u8 - Counter::CookieNone as u8 == crate::COOKIE_INVALID
+        && Counter::CookieStale as u8 - Counter::CookieNone as u8 == crate::COOKIE_STALE
+);
 
 impl Counter {
     /// The counter of refusals at each level (contiguous: `bump_level_limited`).

@@ -37,6 +37,10 @@ pub const UNTRACKED_WORDS: usize = 6;
 /// longest reply (12-byte header, 256-byte name, type and class) and 4 bytes of padding.
 pub const SLIP_SCRATCH_LEN: usize = 36 + 8 + (12 + 256 + 4) + 4;
 
+/// A cookie check's scratch: the source address and family (24 bytes), the cookie, DNS
+/// header, OPT record and option header it reads (51).
+pub const COOKIE_SCRATCH_LEN: usize = 80;
+
 /// An array index.
 const INDEX: usize = size_of::<u32>();
 /// An LPM trie key: prefix length, then the address.
@@ -73,6 +77,7 @@ pub const SLIP_CAP: MapSpec = spec("SLIP_CAP", INDEX, TIME, false);
 pub const SLIP_PREFIX_CAPS: MapSpec = spec("SLIP_PREFIX_CAPS", INDEX, TIME, false);
 pub const UNTRACKED: MapSpec = spec("UNTRACKED", INDEX, UNTRACKED_WORDS * 8, false);
 pub const SCRATCH: MapSpec = spec("SCRATCH", INDEX, SLIP_SCRATCH_LEN, false);
+pub const COOKIE_SCRATCH: MapSpec = spec("COOKIE_SCRATCH", INDEX, COOKIE_SCRATCH_LEN, false);
 /// The sampled queries' ring buffer (no key or value). Pinned so that readers in other
 /// processes (`dns-xdp log`) find it; it holds nothing worth keeping across loads.
 pub const SAMPLES: MapSpec = spec("SAMPLES", 0, 0, true);
@@ -83,7 +88,7 @@ pub const SAMPLED_TYPES: MapSpec = spec("SAMPLED_TYPES", INDEX, size_of::<Sample
 pub const AYA_LOGS: MapSpec = spec("AYA_LOGS", 0, 0, false);
 
 /// Every map of the production object.
-pub const MAPS: [MapSpec; 21] = [
+pub const MAPS: [MapSpec; 22] = [
     CONFIG,
     CONFIG_SLOT,
     COUNTERS,
@@ -100,6 +105,7 @@ pub const MAPS: [MapSpec; 21] = [
     SLIP_PREFIX_CAPS,
     UNTRACKED,
     SCRATCH,
+    COOKIE_SCRATCH,
     SAMPLES,
     SAMPLE_TICKS,
     SAMPLE_CAP,

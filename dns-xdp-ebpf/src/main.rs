@@ -1,6 +1,6 @@
 //! dns-xdp kernel programs: the entry points. A packet's path, stage by stage: `parse`
 //! (cursor parser), `ingress` (classify, count, dispatch), `policy` (lists, levels,
-//! buckets, budget, slip), `tcp` (segments of connections), `answers` (answer
+//! buckets, budget, slip), `cookie` (DNS cookies), `tcp` (segments of connections), `answers` (answer
 //! admission), `slip` (truncated replies), `egress` (TC); every map is in `maps`.
 #![no_std]
 #![no_main]
@@ -10,6 +10,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod answers;
+mod cookie;
 mod egress;
 mod ingress;
 mod maps;

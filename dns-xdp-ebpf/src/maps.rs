@@ -3,7 +3,7 @@
 
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf};
-use dns_xdp_common::maps::{SLIP_SCRATCH_LEN, UNTRACKED_WORDS};
+use dns_xdp_common::maps::{COOKIE_SCRATCH_LEN, SLIP_SCRATCH_LEN, UNTRACKED_WORDS};
 use dns_xdp_common::samples::{DECISIONS, SAMPLE_RING_BYTES, SampledTypes};
 use dns_xdp_common::{
     AWAITED_TABLE_SIZE, AwaitedKey, AwaitedState, BudgetCredit, Config, Counters,
@@ -132,6 +132,30 @@ pub(crate) fn untracked<T: Copy>(value: T) -> Option<T> {
     untracked_in(STEP_SLOT, value)
 }
 
+/// Word `STEP_EXEMPT` of `STEP_SLOT`: whether a valid DNS cookie exempts the query from
+/// the levels, written for every query before the policy reads it (`police_query`), so
+/// that the cookie check's paths end there and one state goes on.
+pub(crate) const STEP_EXEMPT: usize = 2;
+
+/// Writes word `STEP_EXEMPT` of `STEP_SLOT`.
+#[inline(always)]
+pub(crate) fn set_step_exempt(value: u64) {
+    if let Some(slot) = UNTRACKED.get_ptr_mut(STEP_SLOT) {
+        // SAFETY: this CPU's slot, `UNTRACKED_WORDS` words long; volatile, so the write
+        // is not forwarded to the read.
+        unsafe { core::ptr::write_volatile(&raw mut (*slot)[STEP_EXEMPT], value) };
+    }
+}
+
+/// Word `STEP_EXEMPT` of `STEP_SLOT`, as `set_step_exempt` left it (0 if unreadable).
+#[inline(always)]
+pub(crate) fn step_exempt() -> u64 {
+    UNTRACKED.get_ptr_mut(STEP_SLOT).map_or(0, |slot| {
+        // SAFETY: as `set_step_exempt`.
+        unsafe { core::ptr::read_volatile(&raw const (*slot)[STEP_EXEMPT]) }
+    })
+}
+
 /// `value` stored at the start of `UNTRACKED` slot `slot` and read back.
 #[inline(always)]
 pub(crate) fn untracked_in<T: Copy>(slot: u32, value: T) -> Option<T> {
@@ -150,4 +174,11 @@ pub(crate) fn untracked_in<T: Copy>(slot: u32, value: T) -> Option<T> {
 /// `slip` only.
 #[map]
 pub(crate) static SCRATCH: PerCpuArray<[u8; SLIP_SCRATCH_LEN]> =
+    PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU scratch of a cookie check: the source address, and what it reads from the
+/// packet (DNS header, OPT record, option header, cookie). Written and read by
+/// `cookie` only.
+#[map]
+pub(crate) static COOKIE_SCRATCH: PerCpuArray<[u8; COOKIE_SCRATCH_LEN]> =
     PerCpuArray::with_max_entries(1, 0);

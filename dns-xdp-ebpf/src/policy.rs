@@ -1,10 +1,11 @@
 //! The policy on a query: what its transport demands (sanity, the TCP rules), then its
 //! source's allow/deny lists, prefix levels and buckets, the server budget, and slip.
 
+use crate::cookie::{COOKIE_DUE, cookie_find, cookie_verify};
 use crate::ingress::refuse;
 use crate::maps::{
     BUDGET, BUDGET_CREDIT, LIST_V4, LIST_V6, SLIP_CAP, SLIP_PREFIX_CAPS, SOURCE_HASH, SOURCES,
-    untracked,
+    set_step_exempt, step_exempt, untracked,
 };
 use crate::parse::{Frame, Transport};
 use crate::sample::Verdict;
@@ -18,11 +19,11 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 use dns_xdp_common::samples::Decision;
 use dns_xdp_common::tcp::{MAX_SEGMENT_COST, TcpStream};
 use dns_xdp_common::{
-    BUCKET_TCP_CONNECT, BUCKET_TCP_DATA, BUCKET_UDP, Config, Counter, Counters, Family, L4,
-    LIST_ALLOW, Level, Limit, ListEntry, MAX_LEVELS, SLIP_PREFIX_SLOTS, SLIP_V4_PREFIX,
-    SLIP_V6_PREFIX, SOURCE_WAYS, SourceCounts, SourceKey, SourceLine, budget_chunk, budget_gcra,
-    claimed_tat, evictability, gcra_ceiling, gcra_charge, is_heavy, line_index, query_defect,
-    slip_prefix_hash, slot_tag, source_hash, victim_forgetting,
+    BUCKET_TCP_CONNECT, BUCKET_TCP_DATA, BUCKET_UDP, COOKIE_NONE, COOKIE_VALID, Config, Counter,
+    Counters, Family, L4, LIST_ALLOW, Level, Limit, ListEntry, MAX_LEVELS, SLIP_PREFIX_SLOTS,
+    SLIP_V4_PREFIX, SLIP_V6_PREFIX, SOURCE_WAYS, SourceCounts, SourceKey, SourceLine, budget_chunk,
+    budget_gcra, claimed_tat, evictability, gcra_ceiling, gcra_charge, is_heavy, line_index,
+    query_defect, slip_prefix_hash, slot_tag, source_hash, victim_forgetting,
 };
 
 /// Compare-and-swap attempts on one bucket before a query is refused as contended. Each
@@ -113,12 +114,38 @@ pub(crate) fn police_query(
         }
     };
     let cost = stream.map_or(1, |charge| u64::from(charge.messages));
+    if bucket == BUCKET_UDP && config.metered() && config.cookies.is_on() {
+        check_cookie(ctx, transport);
+    } else {
+        set_step_exempt(0);
+    }
     let verdict = police_source(ctx, frame, transport, config, counters, bucket, cost);
     if let (Some(charge), xdp_action::XDP_PASS) = (stream, verdict.action) {
         // SAFETY: the connection's record, looked up by police_segment.
         unsafe { (*charge.state).stream = charge.next };
     }
     verdict
+}
+
+/// Checks the UDP query's DNS cookie (`cookie`): a valid one exempts the query from the
+/// prefix levels (not from the budget), which `set_step_exempt` hands to the policy,
+/// whatever the outcome, so that no query inherits another's. A function of its own:
+/// its values take a stack frame of their own, not the program's (which the level
+/// walk's callback and `charge_bucket` add to, within the verifier's 512 bytes).
+#[inline(never)]
+fn check_cookie(ctx: &XdpContext, transport: &Transport) {
+    let mut cookie = u64::from(COOKIE_NONE);
+    if !transport.later_fragment {
+        cookie = cookie_find(
+            ctx.ctx,
+            (transport.payload as u64 & 0xffff) << 16 | (transport.payload_len as u64 & 0xffff),
+            (transport.l3 as u64 & 0xffff) << 8 | u64::from(transport.family.code()),
+        );
+        if cookie == COOKIE_DUE {
+            cookie = cookie_verify();
+        }
+    }
+    set_step_exempt(u64::from(cookie == u64::from(COOKIE_VALID)));
 }
 
 /// The verdict of the source's lists and buckets on `cost` queries (a TCP segment
@@ -164,6 +191,8 @@ pub(crate) fn police_source(
     let Some([bucket, cost]) = untracked([u64::from(bucket), cost]) else {
         return admitted;
     };
+    // A valid DNS cookie (`check_cookie`): no level is charged.
+    let exempt = step_exempt() != 0;
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let mut walk = LevelWalk {
@@ -176,11 +205,13 @@ pub(crate) fn police_source(
         refused: false,
         level: 0,
         heavy: false,
+        exempt,
     };
     // One verified step per level (bpf_loop): unrolled, four levels of compare-and-swap
     // loops multiply the paths the verifier walks. The count is a constant: the
     // verifier tracks it precisely, and a count computed from the configuration would
-    // be one more value that splits its states (levels that are off return at once).
+    // be one more value that splits its states (levels that are off return at once, and
+    // so do all of them for a query a valid cookie exempts).
     // SAFETY: the callback reads and writes `walk` only, which outlives the call.
     unsafe {
         bpf_loop(
@@ -245,6 +276,8 @@ pub(crate) struct LevelWalk {
     level: u8,
     /// A level that admitted the query has spent more than half its burst.
     heavy: bool,
+    /// A valid DNS cookie exempts the query from every level.
+    exempt: bool,
 }
 
 /// Charges the query to level `index`'s bucket (narrowest level first: a source over
@@ -256,6 +289,9 @@ pub(crate) extern "C" fn level_step(index: u64, walk: *mut c_void) -> i64 {
     // SAFETY: map values the caller looked up; the caller waits for the walk.
     let (config, counters) = unsafe { (&*walk.config, &mut *walk.counters) };
     let index = index as usize;
+    if walk.exempt {
+        return 1;
+    }
     let Some(level) = config.levels.get(index) else {
         return 1;
     };

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Context as _, bail, ensure};
+use dns_xdp_common::CookieSecrets;
 
 /// Secrets a file may hold: the current one, then the previous one during a rotation.
 pub const MAX_SECRETS: usize = 2;
@@ -59,6 +60,28 @@ pub fn read_secrets(path: &Path) -> anyhow::Result<Vec<[u8; 16]>> {
     parse_secrets(&text).with_context(|| format!("--cookie-secrets {}", path.display()))
 }
 
+/// The kernel form of `secrets`, with this host's TAI-to-UNIX offset.
+pub fn kernel_secrets(secrets: &[[u8; 16]]) -> CookieSecrets {
+    CookieSecrets::new(secrets, tai_to_unix_s())
+}
+
+/// Seconds to add to CLOCK_TAI for UNIX time (the kernel's clock for the timestamp
+/// window is TAI, which NTP steps never move): -37 where the kernel was told the TAI
+/// offset, 0 where it was not.
+pub fn tai_to_unix_s() -> i32 {
+    let read = |clock| {
+        let mut time = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid clock id and a timespec to write.
+        unsafe { libc::clock_gettime(clock, &mut time) };
+        time.tv_sec as f64 + time.tv_nsec as f64 / 1e9
+    };
+    let (tai, unix) = (read(libc::CLOCK_TAI), read(libc::CLOCK_REALTIME));
+    (unix - tai).round() as i32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +114,11 @@ mod tests {
             format!("{not_hex:#}").contains("not hexadecimal"),
             "{not_hex:#}"
         );
+    }
+
+    #[test]
+    fn the_tai_offset_is_whole_and_small() {
+        let offset = tai_to_unix_s();
+        assert!((-40..=0).contains(&offset), "{offset}");
     }
 }

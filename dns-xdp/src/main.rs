@@ -331,6 +331,10 @@ struct SetArgs {
     /// Burst of the server budget [default: a tenth of a second of --budget].
     #[arg(long, value_name = "N", requires = "budget")]
     budget_burst: Option<u32>,
+    /// Load the DNS cookie secrets from FILE again (rotate without detaching: the new
+    /// secret first, the old one second), or `none` to stop checking cookies.
+    #[arg(long, value_name = "FILE")]
+    cookie_secrets: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -691,6 +695,11 @@ fn set(args: &SetArgs) -> anyhow::Result<()> {
         levels: args.levels.clone(),
         budget: args.budget,
         budget_burst: args.budget_burst,
+        cookie_secrets: match &args.cookie_secrets {
+            Some(path) if path.as_os_str() == "none" => Some(Vec::new()),
+            Some(path) => Some(dns_xdp::cookies::read_secrets(path)?),
+            None => None,
+        },
     };
     let (mut maps, _writer) = args.instance.writer()?;
     let config = patch.apply(&maps.config()?)?;

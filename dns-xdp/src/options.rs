@@ -221,6 +221,13 @@ pub struct Options {
     /// Burst of the server budget [default: a tenth of a second of --budget].
     #[arg(long, value_name = "N")]
     pub budget_burst: Option<u32>,
+    /// DNS server cookie secrets: the file the DNS server takes its own from (one
+    /// 32-digit hex secret per line, or BIND's `cookie-secret "…";` lines; the current
+    /// one first, then the previous one). A UDP query with a server cookie one of them
+    /// made for its source, within the RFC 9018 window, is exempt from the prefix
+    /// levels. Without it: no cookie is checked.
+    #[arg(long, value_name = "FILE")]
+    pub cookie_secrets: Option<PathBuf>,
     /// Print the counters every SECONDS (the final counters are always printed on exit).
     #[arg(long, value_name = "SECONDS", value_parser = parse_interval)]
     #[serde(default, deserialize_with = "interval")]
@@ -279,6 +286,7 @@ impl Options {
             sample_cap: self.sample_cap.or(file.sample_cap),
             budget: self.budget.or(file.budget),
             budget_burst: self.budget_burst.or(file.budget_burst),
+            cookie_secrets: self.cookie_secrets.or(file.cookie_secrets),
             stats_interval: self.stats_interval.or(file.stats_interval),
             top: self.top.or(file.top),
             metrics_addr: self.metrics_addr.or(file.metrics_addr),
@@ -347,6 +355,10 @@ impl Options {
             sample_cap: self.sample_cap.unwrap_or(defaults.sample_cap),
             budget: self.budget,
             budget_burst: self.budget_burst,
+            cookie_secrets: match &self.cookie_secrets {
+                Some(path) => crate::cookies::read_secrets(path)?,
+                None => Vec::new(),
+            },
         };
         settings.validate()?;
         Ok(settings)

@@ -61,6 +61,8 @@ pub struct ConfigPatch {
     /// The server budget, or off, with its burst.
     pub budget: Option<RateOrOff>,
     pub budget_burst: Option<u32>,
+    /// New DNS cookie secrets (the current one first); empty: stop checking cookies.
+    pub cookie_secrets: Option<Vec<[u8; 16]>>,
 }
 
 impl ConfigPatch {
@@ -138,6 +140,9 @@ impl ConfigPatch {
         }
         if let Some(cap) = self.slip_prefix_cap {
             config.slip_prefix_cap = cap_limit(cap)?;
+        }
+        if let Some(secrets) = &self.cookie_secrets {
+            config.cookies = crate::cookies::kernel_secrets(secrets);
         }
         if let Some(sample) = self.sample {
             config.sample_every = sample;

@@ -205,6 +205,9 @@ pub struct Settings {
     pub sample: u32,
     /// Samples per second, all CPUs together (burst: one second's).
     pub sample_cap: Rate,
+    /// DNS cookie secrets (`cookies::parse_secrets`), the current one first; none: no
+    /// cookie is checked.
+    pub cookie_secrets: Vec<[u8; 16]>,
 }
 
 /// Default `sample`: one in 100 queries of each decision, enough to see what a flood
@@ -328,6 +331,7 @@ impl Default for Settings {
             budget_burst: None,
             sample: DEFAULT_SAMPLE,
             sample_cap: DEFAULT_SAMPLE_CAP,
+            cookie_secrets: Vec::new(),
         }
     }
 }
@@ -457,6 +461,7 @@ impl Settings {
             sample_cap: cap_limit(self.sample_cap)?,
             sample_every: self.sample,
             generation: 0,
+            cookies: crate::cookies::kernel_secrets(&self.cookie_secrets),
         })
     }
 

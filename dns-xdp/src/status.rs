@@ -313,6 +313,8 @@ pub fn config_json(config: &Config) -> Value {
             })
         })
         .into();
+    // How many secrets, never the secrets: status output ends up in tickets and logs.
+    value["cookie_secrets"] = json!(config.cookies.count);
     value["opcodes"] = json!(
         (0..16u8)
             .filter(|opcode| config.allowed_opcodes & (1 << opcode) != 0)

@@ -2,14 +2,17 @@
 //! hands out server cookies made with a known secret, and `dig +cookie` in the client
 //! namespace sends them back. dns-xdp's cookie arithmetic (`dns_xdp_common::cookies`,
 //! the secret file parser `dns_xdp::cookies`) must reproduce every server cookie BIND
-//! makes, across a secret rotation. Needs root, BIND and dig (`cargo xtask setup`).
+//! makes, across a secret rotation; and dns-xdp in front of BIND, given the same secret,
+//! exempts queries carrying BIND's cookies from a limit of 1/min, across a rotation done
+//! live with `dns-xdp set`. Needs root, BIND and dig (`cargo xtask setup`).
 
 use std::net::{IpAddr, Ipv4Addr};
 
 use dns_xdp_common::{address_words, cookie_fresh, cookie_hash, secret_key};
 use dns_xdp_testkit::{
     dig::{CookieNote, DigCookie, dig_cookie},
-    netns::{CLIENT_V4, Pair, SERVER_V4},
+    loader::{self, BpfFs, Loader},
+    netns::{CLIENT_V4, LINK, Pair, SERVER_V4},
     process::ScratchDir,
     servers::{CookieSeen, bind_queries, start_bind},
 };
@@ -182,4 +185,124 @@ fn after_a_rotation_old_cookies_still_verify_and_new_ones_use_the_new_secret() {
     assert_eq!(new.client(), old.client());
     assert!(made_with(NEXT_SECRET, &new).0, "{new:?}");
     assert!(!made_with(SECRET, &new).0, "{new:?}");
+}
+
+/// How many of `count` dig queries (one try each) sending `cookie` were answered.
+fn answered(pair: &Pair, name: &str, cookie: Option<&str>, count: usize) -> usize {
+    let server: IpAddr = SERVER_V4.parse().unwrap();
+    (0..count)
+        .filter(|_| {
+            dig_cookie(&pair.client, server, name, cookie)
+                .expect("running dig")
+                .answered()
+        })
+        .count()
+}
+
+/// A secrets file in `dir` as an operator writes it from BIND's configuration.
+fn secrets_file(dir: &std::path::Path, file: &str, secrets: &[&str]) -> String {
+    let path = dir.join(file);
+    let text: String = secrets
+        .iter()
+        .map(|secret| format!("cookie-secret \"{secret}\";\n"))
+        .collect();
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn dns_xdp_exempts_the_cookies_bind_makes_from_the_limits_across_a_live_rotation() {
+    let pair = Pair::new().expect("creating namespaces");
+    let dir = ScratchDir::new("bind-xdp").unwrap();
+    let name = format!("www.{ZONE}");
+    let server: IpAddr = SERVER_V4.parse().unwrap();
+    let bind = start_bind(
+        &pair.server,
+        SERVER_V4,
+        &[(ZONE, &zone())],
+        &[SECRET],
+        &dir.path().join("bind"),
+    )
+    .expect("starting BIND");
+    let bpffs = BpfFs::new().unwrap();
+    let first_secrets = secrets_file(dir.path(), "secrets", &[SECRET]);
+    let loader = Loader::attach_pinned(
+        &pair.server,
+        &bpffs,
+        &[
+            "--rate",
+            "1/min",
+            "--burst",
+            "1",
+            "--levels",
+            "none",
+            "--cookie-secrets",
+            &first_secrets,
+        ],
+    )
+    .expect("attaching");
+
+    // The burst answers the first query, which brings BIND's cookie back; without a
+    // server cookie the next one is dropped, with it every one is answered.
+    let first = dig_cookie(&pair.client, server, &name, None).expect("running dig");
+    assert!(first.answered(), "{first:?}");
+    let old = first.cookie.expect("a COOKIE in BIND's answer").hex;
+    assert_eq!(answered(&pair, &name, None, 2), 0);
+    assert_eq!(answered(&pair, &name, Some(&old), 5), 5);
+    // A forged server cookie counts as none.
+    let mut forged = old.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == '0' { '1' } else { '0' });
+    assert_eq!(answered(&pair, &name, Some(&forged), 2), 0);
+
+    // Rotation: BIND gets the new secret first and keeps the old one, and so does
+    // dns-xdp, live. Old cookies still pass; BIND's new ones (made with the new
+    // secret) pass too.
+    drop(bind);
+    let _bind = start_bind(
+        &pair.server,
+        SERVER_V4,
+        &[(ZONE, &zone())],
+        &[NEXT_SECRET, SECRET],
+        &dir.path().join("bind-rotated"),
+    )
+    .expect("starting BIND with both secrets");
+    let rotated = secrets_file(dir.path(), "rotated", &[NEXT_SECRET, SECRET]);
+    let set = |file: &str| {
+        let output = loader::run_command(
+            &pair.server,
+            &bpffs,
+            &["set", "--iface", LINK, "--cookie-secrets", file],
+        );
+        assert!(output.status.success(), "{output:?}");
+    };
+    set(&rotated);
+    let again = dig_cookie(&pair.client, server, &name, Some(&old)).expect("running dig");
+    assert!(again.answered(), "{again:?}");
+    let new = again.cookie.expect("a COOKIE in BIND's answer");
+    assert!(made_with(NEXT_SECRET, &new).0, "{new:?}");
+    assert_eq!(answered(&pair, &name, Some(&old), 3), 3);
+    assert_eq!(answered(&pair, &name, Some(&new.hex), 3), 3);
+
+    // The old secret dropped: its cookies are limited like none.
+    let last = secrets_file(dir.path(), "last", &[NEXT_SECRET]);
+    set(&last);
+    assert_eq!(answered(&pair, &name, Some(&old), 2), 0);
+    assert_eq!(answered(&pair, &name, Some(&new.hex), 3), 3);
+
+    let (status, report) = loader.interrupt().unwrap();
+    assert!(status.success());
+    let count = |name: &str| report["counters"][name].as_u64().unwrap_or(0);
+    println!(
+        "cookies: valid {}, invalid {}, stale {}, none {}; rate_limited {}",
+        count("cookie_valid"),
+        count("cookie_invalid"),
+        count("cookie_stale"),
+        count("cookie_none"),
+        count("rate_limited")
+    );
+    assert_eq!(count("cookie_valid"), 5 + 1 + 3 + 3 + 3);
+    assert_eq!(count("cookie_invalid"), 2 + 2);
+    assert_eq!(count("cookie_none"), 1 + 2);
+    assert_eq!(count("rate_limited"), 2 + 2 + 2);
 }

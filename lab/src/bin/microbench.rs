@@ -105,6 +105,50 @@ fn swap_ends(frame: &mut [u8]) {
     }
 }
 
+/// The DNS cookie secret of the cookie paths.
+const COOKIE_SECRET: [u8; 16] = *b"0123456789abcdef";
+
+/// A query from 198.18.0.2 with a client cookie and, made with `secret`, a server
+/// cookie of now (an RFC 9018 one, as BIND makes them); without a secret, the client
+/// cookie alone.
+fn cookie_query(secret: Option<[u8; 16]>) -> Vec<u8> {
+    let client = *b"\x01\x02\x03\x04\x05\x06\x07\x08";
+    let mut cookie = client.to_vec();
+    if let Some(secret) = secret {
+        let now = std::time::SystemTime::UNIX_EPOCH
+            .elapsed()
+            .map_or(0, |since| since.as_secs() as u32);
+        let mut header = [dns_xdp_common::COOKIE_VERSION, 0, 0, 0, 0, 0, 0, 0];
+        header[4..].copy_from_slice(&now.to_be_bytes());
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&[198, 18, 0, 2]);
+        let hash = dns_xdp_common::cookie_hash(
+            &dns_xdp_common::secret_key(&secret),
+            u64::from_le_bytes(client),
+            u64::from_le_bytes(header),
+            dns_xdp_common::address_words(&addr),
+            false,
+        );
+        cookie.extend(header);
+        cookie.extend(hash.to_le_bytes());
+    }
+    let mut message = dns_query(1, "example.com");
+    message[10..12].copy_from_slice(&1u16.to_be_bytes()); // ARCOUNT
+    message.extend([0, 0, 41, 0x10, 0, 0, 0, 0, 0]); // root, OPT, 4096, TTL 0
+    message.extend((4 + cookie.len() as u16).to_be_bytes());
+    message.extend(10u16.to_be_bytes());
+    message.extend((cookie.len() as u16).to_be_bytes());
+    message.extend(cookie);
+    let mut frame = build(&[
+        Layer::Eth,
+        Layer::ipv4(),
+        Layer::udp(53),
+        Layer::Payload(message),
+    ]);
+    frame[26..30].copy_from_slice(&[198, 18, 0, 2]);
+    frame
+}
+
 fn main() -> anyhow::Result<()> {
     let Args { out_dir } = <Args as clap::Parser>::parse();
     let query = || Layer::Payload(dns_query(1, "example.com"));
@@ -138,6 +182,11 @@ fn main() -> anyhow::Result<()> {
         })?,
         // 5: one level and a server budget, both always admitting.
         Harness::with(&admitting_budget)?,
+        // 6: a bucket that always refuses, DNS cookies checked.
+        Harness::with(&Settings {
+            cookie_secrets: vec![COOKIE_SECRET],
+            ..settings(Some("1/hour"), 1, &[], &[])
+        })?,
     ];
     let paths = [
         Path {
@@ -207,6 +256,16 @@ fn main() -> anyhow::Result<()> {
             name: "DNS query, bucket refuses (rate-limited drop)",
             harness: 2,
             frame: udp4([198, 18, 0, 2]),
+        },
+        Path {
+            name: "DNS query, no server cookie, bucket refuses (cookies checked)",
+            harness: 6,
+            frame: cookie_query(None),
+        },
+        Path {
+            name: "DNS query, valid server cookie: levels skipped (pass)",
+            harness: 6,
+            frame: cookie_query(Some(COOKIE_SECRET)),
         },
         Path {
             name: "DNS query, allow-listed",
