@@ -19,6 +19,11 @@ pub const FLAG_SANITY: u16 = 8;
 /// every answer is dropped (an authoritative-only server sends no queries).
 pub const FLAG_BACKENDING: u16 = 16;
 
+/// Config flag: answer UDP queries the server budget sheds from unproven sources with a
+/// truncated reply (TC=1, within the slip caps), so that a real client retries over TCP,
+/// proves its address and is served first.
+pub const FLAG_BUDGET_SLIP: u16 = 32;
+
 /// DNS opcodes (RFC 6895) an operator may allow.
 pub const OPCODE_QUERY: u8 = 0;
 pub const OPCODE_NOTIFY: u8 = 4;
@@ -62,9 +67,12 @@ pub struct Config {
     /// slot with the live generation + 1 and flips only if the live one is still the one
     /// it read (the programs ignore it).
     pub generation: u64,
-    /// Server secrets for DNS cookies (`cookies`): a UDP query with a valid server
-    /// cookie is exempt from the prefix levels; off with no secret.
+    /// Server secrets for DNS cookies (`cookies`): a query with a valid server cookie
+    /// proves its source and is exempt from the prefix levels; off with no secret.
     pub cookies: CookieSecrets,
+    /// How long a source stays proven after its last proof (a valid cookie, or a TCP
+    /// handshake completed with this server), in ns; 0: proofs are not recorded.
+    pub proof_ttl_ns: u64,
 }
 
 /// The destination prefixes slip's per-prefix cap counts by: a victim's network, as a
@@ -151,6 +159,11 @@ impl Config {
     #[inline(always)]
     pub const fn backending(&self) -> bool {
         self.flags & FLAG_BACKENDING != 0
+    }
+
+    #[inline(always)]
+    pub const fn budget_slip(&self) -> bool {
+        self.flags & FLAG_BUDGET_SLIP != 0
     }
 
     /// Whether the allow/deny list of `family` has entries to look up.

@@ -181,7 +181,7 @@ counters! {
     /// cookie: no COOKIE option, or a client cookie alone.
     CookieNone => "cookie_none",
     /// Queries with a server cookie a configured secret made for their source, within
-    /// the RFC 9018 window: the prefix levels pass them (the budget still applies).
+    /// the RFC 9018 window: their source is proven and the prefix levels pass them.
     CookieValid => "cookie_valid",
     /// Queries with a server cookie no configured secret made for their source
     /// (forged, mangled, another server's): limited as if they had none.
@@ -189,6 +189,20 @@ counters! {
     /// Queries with a server cookie a secret made, outside the RFC 9018 window (over an
     /// hour old, or over five minutes ahead): limited as if they had none.
     CookieStale => "cookie_stale",
+    /// Proofs recorded from a valid cookie, at most one per source per half
+    /// `--proof-ttl`.
+    ProvedCookie => "proved_cookie",
+    /// Queries from proven sources the server budget admitted while more than half its
+    /// burst was spent (where its tiers decide: proven sources are served first).
+    BudgetServedProven => "budget_served_proven",
+    /// Queries from unproven sources the server budget admitted at such times.
+    BudgetServedUnproven => "budget_served_unproven",
+    /// Queries from proven sources shed: even their share of the budget was spent.
+    BudgetShedProven => "budget_shed_proven",
+    /// Unproven UDP queries shed by the budget (counted `budget_shed_*`) and answered
+    /// with a truncated reply (TC=1) instead, within the slip caps, so a real client
+    /// retries over TCP and proves itself.
+    BudgetSlipped => "budget_slipped",
 }
 
 counters! {
@@ -219,6 +233,10 @@ counters! {
     /// Upstream queries and TCP segments recorded as awaiting an answer (backending), and
     /// TCP segments of connections this server accepted (their SYN-ACK and answers).
     AwaitedRecorded => "awaited_recorded",
+    /// Proofs recorded from completed TCP handshakes: the server sent data on a
+    /// connection to the client (the stack does only once the handshake completed, so
+    /// the client's address is its own), at most one per source per half `--proof-ttl`.
+    ProvedTcp => "proved_tcp",
 }
 
 impl EgressCounter {
@@ -272,6 +290,18 @@ impl Counters {
         if index < MAX_LEVELS {
             self.values[Counter::RateLimitedLevel0 as usize + index] += 1;
         }
+    }
+
+    /// Counts a query the server budget shed, by its tier (`BUDGET_*`): arithmetic, one
+    /// path for the verifier.
+    #[inline(always)]
+    pub fn bump_budget_shed(&mut self, tier: u8) {
+        let counter = match tier {
+            crate::BUDGET_HEAVY => Counter::BudgetShedHeavy,
+            crate::BUDGET_LIGHT => Counter::BudgetShedLight,
+            _ => Counter::BudgetShedProven,
+        };
+        self.bump(counter);
     }
 
     /// Counts a cookie check's outcome (`COOKIE_*`, in the order of the `Cookie*`
@@ -346,8 +376,8 @@ mod tests {
         }
         seen.sort();
         seen.dedup();
-        // Besides them: `packets` and `awaited_recorded`.
-        assert_eq!(seen.len() + 2, EgressCounter::ALL.len());
+        // Besides them: `packets`, `awaited_recorded` and `proved_tcp`.
+        assert_eq!(seen.len() + 3, EgressCounter::ALL.len());
         assert_eq!(EgressCounter::for_class(Class::NonDns), None);
     }
 

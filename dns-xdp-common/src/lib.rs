@@ -14,6 +14,7 @@ pub mod keys;
 pub mod limits;
 pub mod maps;
 pub mod ports;
+pub mod proven;
 pub mod samples;
 pub mod table;
 pub mod tcp;
@@ -26,6 +27,7 @@ pub use dns::*;
 pub use keys::*;
 pub use limits::*;
 pub use ports::*;
+pub use proven::*;
 pub use table::*;
 
 #[cfg(feature = "user")]
@@ -51,6 +53,7 @@ mod user {
         super::AwaitedKey,
         super::AwaitedState,
         super::FragmentKey,
+        super::ProvenLine,
         super::samples::QuerySample,
         super::samples::SampledTypes
     );

@@ -113,29 +113,43 @@ pub const fn is_heavy(tat: u64, now: u64, limit: &Limit) -> bool {
     in_use > (limit.tolerance_ns + limit.interval_ns) / 2
 }
 
-/// Server budget admission: a GCRA at the budget's rate with two tolerances. A heavy
-/// query conforms while the budget's `tat` runs at most the burst tolerance ahead of
-/// now; a light one while it runs at most twice that plus one interval, a reserve of
-/// one more burst that only light queries can draw. Returns the new `tat`, or `None`
-/// if the query is to be shed.
+/// `budget_gcra`'s tiers, each allowed one burst more of the budget than the one
+/// before: queries from a heavy source or prefix (more than half a burst spent at some
+/// level) ...
+pub const BUDGET_HEAVY: u8 = 0;
+/// ... from a light one ...
+pub const BUDGET_LIGHT: u8 = 1;
+/// ... and from a proven source (a valid cookie, a TCP handshake: not spoofed).
+pub const BUDGET_PROVEN: u8 = 2;
+
+/// Server budget admission: a GCRA at the budget's rate with a tolerance per tier. A
+/// heavy query conforms while the budget's `tat` runs at most the burst tolerance ahead
+/// of now; a light one while it runs at most twice that plus one interval, a reserve of
+/// one more burst that only light queries can draw; a proven one a further burst that
+/// only proven queries can draw. Returns the new `tat`, or `None` if the query is to be
+/// shed.
 ///
-/// Under sustained overload the admitted total is the budget's rate: light queries
-/// are served first and heavy ones get what light ones leave; with only light (or only
-/// heavy) queries it is first come, first served, so each source is shed in proportion
-/// to what it sends.
+/// Under sustained overload the admitted total is the budget's rate: proven queries are
+/// served first, light ones get what proven ones leave, heavy ones what light ones
+/// leave; within a tier it is first come, first served, so each source is shed in
+/// proportion to what it sends.
 #[inline(always)]
-pub const fn budget_gcra(tat: u64, now: u64, limit: &Limit, heavy: bool, cost: u64) -> Option<u64> {
+pub const fn budget_gcra(tat: u64, now: u64, limit: &Limit, tier: u8, cost: u64) -> Option<u64> {
     let tat = if tat > now { tat } else { now };
-    let tolerance = if heavy {
-        limit.tolerance_ns
-    } else {
-        limit.tolerance_ns * 2 + limit.interval_ns
-    };
+    let tier = tier as u64;
+    let tolerance = limit.tolerance_ns * (tier + 1) + limit.interval_ns * tier;
     if tat - now > tolerance {
         None
     } else {
         Some(tat + limit.charge_ns(cost))
     }
+}
+
+/// Whether the budget whose `tat` is as given is pressed at `now`: more than half its
+/// burst spent, where CPUs draw no more chunks and its tiers begin to matter.
+#[inline(always)]
+pub const fn budget_pressed(tat: u64, now: u64, limit: &Limit) -> bool {
+    tat > now && tat - now > limit.tolerance_ns / 2
 }
 
 /// A limit of `rate` per second with bursts of `burst`, for tests.
@@ -323,7 +337,7 @@ mod tests {
         let mut admitted = (0, 0);
         for (count, heavy) in [(heavy_first, true), (light_then, false)] {
             for _ in 0..count {
-                if let Some(next) = budget_gcra(tat, now, limit, heavy, 1) {
+                if let Some(next) = budget_gcra(tat, now, limit, u8::from(!heavy), 1) {
                     tat = next;
                     if heavy {
                         admitted.0 += 1;
@@ -349,12 +363,43 @@ mod tests {
         let mut admitted = 0;
         for step in 0..10_000u64 {
             let now = NS_PER_SEC + step * 100_000;
-            if let Some(next) = budget_gcra(tat, now, &limit, true, 1) {
+            if let Some(next) = budget_gcra(tat, now, &limit, BUDGET_HEAVY, 1) {
                 tat = next;
                 admitted += 1;
             }
         }
         assert_eq!(admitted, 100 + 1000 - 1);
+    }
+
+    #[test]
+    fn proven_queries_are_served_first_under_a_flood_of_light_ones() {
+        // A budget of 1 000/s; light (unproven) queries at 10 000/s, proven ones at
+        // 500/s, interleaved, for 2 s.
+        let limit = per_second(1000, 100);
+        let mut tat = 0;
+        let (mut light, mut proven, mut proven_sent) = (0u64, 0u64, 0u64);
+        for step in 0..20_000u64 {
+            let now = NS_PER_SEC + step * 100_000;
+            let tier = if step % 20 == 0 {
+                proven_sent += 1;
+                BUDGET_PROVEN
+            } else {
+                BUDGET_LIGHT
+            };
+            if let Some(next) = budget_gcra(tat, now, &limit, tier, 1) {
+                tat = next;
+                if tier == BUDGET_PROVEN {
+                    proven += 1;
+                } else {
+                    light += 1;
+                }
+            }
+        }
+        assert_eq!(proven, proven_sent, "every proven query is served");
+        // The rest of the budget goes to light queries: 2 000 + two bursts in all.
+        assert!(light + proven <= 2000 + 200, "{light} + {proven}");
+        assert!(light >= 1000, "{light}");
+        assert!(budget_pressed(tat, NS_PER_SEC + 20_000 * 100_000, &limit));
     }
 
     #[test]
@@ -419,11 +464,11 @@ mod tests {
                 (tat, writes) = (next, writes + 1);
                 credit.queries += chunk - 1;
                 admitted += 1;
-            } else if let Some(next) = budget_gcra(tat, now, &limit, heavy, 1) {
+            } else if let Some(next) = budget_gcra(tat, now, &limit, u8::from(!heavy), 1) {
                 (tat, writes) = (next, writes + 1);
                 admitted += 1;
             }
-            if let Some(next) = budget_gcra(exact_tat, now, &limit, heavy, 1) {
+            if let Some(next) = budget_gcra(exact_tat, now, &limit, u8::from(!heavy), 1) {
                 exact_tat = next;
                 exact += 1;
             }

@@ -7,8 +7,8 @@ use core::mem::size_of;
 
 use crate::samples::{DECISIONS, SampledTypes};
 use crate::{
-    AwaitedKey, AwaitedState, Config, Counters, EgressCounters, FragmentKey, ListEntry, SourceHash,
-    SourceLine,
+    AwaitedKey, AwaitedState, Config, Counters, EgressCounters, FragmentKey, ListEntry, ProvenLine,
+    SourceHash, SourceLine,
 };
 
 /// One map of the object.
@@ -57,6 +57,8 @@ pub const EGRESS_COUNTERS: MapSpec =
 pub const SOURCES: MapSpec = spec("SOURCES", INDEX, size_of::<SourceLine>(), true);
 /// Pinned with `SOURCES`: without its secret, the table's slots could not be found again.
 pub const SOURCE_HASH: MapSpec = spec("SOURCE_HASH", INDEX, size_of::<SourceHash>(), true);
+/// Pinned: a proof outlives a restart as it outlives the client's next query.
+pub const PROVEN: MapSpec = spec("PROVEN", INDEX, size_of::<ProvenLine>(), true);
 pub const LIST_V4: MapSpec = spec("LIST_V4", LPM_V4, size_of::<ListEntry>(), true);
 pub const LIST_V6: MapSpec = spec("LIST_V6", LPM_V6, size_of::<ListEntry>(), true);
 pub const AWAITED: MapSpec = spec(
@@ -88,13 +90,14 @@ pub const SAMPLED_TYPES: MapSpec = spec("SAMPLED_TYPES", INDEX, size_of::<Sample
 pub const AYA_LOGS: MapSpec = spec("AYA_LOGS", 0, 0, false);
 
 /// Every map of the production object.
-pub const MAPS: [MapSpec; 22] = [
+pub const MAPS: [MapSpec; 23] = [
     CONFIG,
     CONFIG_SLOT,
     COUNTERS,
     EGRESS_COUNTERS,
     SOURCES,
     SOURCE_HASH,
+    PROVEN,
     LIST_V4,
     LIST_V6,
     AWAITED,
@@ -127,7 +130,7 @@ mod tests {
         for (index, map) in MAPS.iter().enumerate() {
             assert!(MAPS[index + 1..].iter().all(|other| other.name != map.name));
         }
-        let pinned: [&str; 12] = core::array::from_fn(|index| pinned().nth(index).unwrap().name);
+        let pinned: [&str; 13] = core::array::from_fn(|index| pinned().nth(index).unwrap().name);
         assert_eq!(
             pinned,
             [
@@ -137,6 +140,7 @@ mod tests {
                 "EGRESS_COUNTERS",
                 "SOURCES",
                 "SOURCE_HASH",
+                "PROVEN",
                 "LIST_V4",
                 "LIST_V6",
                 "AWAITED",

@@ -18,7 +18,8 @@ pub enum Decision {
     Denied = 2,
     /// Refused by a prefix level's bucket (`level` says which) and dropped.
     Limited = 3,
-    /// Refused by a level and answered with a truncated reply (TC=1, rcode NOERROR).
+    /// Refused by a level (or, unproven, shed by the budget) and answered with a
+    /// truncated reply (TC=1, rcode NOERROR).
     Slipped = 4,
     /// Admitted by every level, shed by the server budget.
     BudgetShed = 5,

@@ -1,18 +1,20 @@
 //! DNS cookies in queries (RFC 7873, RFC 9018): a UDP query carrying a server cookie
 //! that one of the configured secrets (the DNS server's own) made for its source, within
 //! the timestamp window, comes from a client that received an answer from this server at
-//! that address: not spoofed. The policy exempts it from the prefix levels. The rules
-//! and the arithmetic are `dns_xdp_common::cookies`'; this module reads the query.
+//! that address: not spoofed. The policy exempts it from the prefix levels and the
+//! source is proven (`proof`). The rules and the arithmetic are
+//! `dns_xdp_common::cookies`'; this module reads the query.
 
 use crate::maps::{COOKIE_SCRATCH, COUNTERS, config};
+use crate::proof::{load_source, record_proof};
 use aya_ebpf::bindings::xdp_md;
 use aya_ebpf::helpers::{bpf_ktime_get_tai_ns, bpf_xdp_load_bytes};
 use aya_ebpf::programs::XdpContext;
 use dns_xdp_common::maps::COOKIE_SCRATCH_LEN;
 use dns_xdp_common::{
     CLIENT_COOKIE_LEN, COOKIE_INVALID, COOKIE_NONE, COOKIE_STALE, COOKIE_VALID, COOKIE_VERSION,
-    DNS_HEADER_LEN, FAMILY_V6, FULL_COOKIE_LEN, MAX_OPTIONS, NAME_COMPLETE, OPTION_COOKIE,
-    TYPE_OPT, cookie_fresh, cookie_hash,
+    Counter, DNS_HEADER_LEN, FAMILY_V4, FAMILY_V6, FULL_COOKIE_LEN, MAX_OPTIONS, NAME_COMPLETE,
+    OPTION_COOKIE, TYPE_OPT, cookie_fresh, cookie_hash,
 };
 
 /// `cookie_find`'s result when the query carries an RFC 9018 server cookie, left in
@@ -46,19 +48,7 @@ fn find(ctx: *mut xdp_md, dns_len: u64, l3_family: u64) -> u64 {
     let (dns, len) = ((dns_len >> 16) as u32 & 0xffff, dns_len as u32 & 0xffff);
     let (l3, family) = ((l3_family >> 8) as u32 & 0xffff, l3_family as u8);
     scratch.v6 = u64::from(family == FAMILY_V6);
-    scratch.addr = [0; 2];
-    // The source address, IPv4's at byte 12 of its header, IPv6's at byte 8, read
-    // straight into the two little-endian words the hash and the proof take (BPF is
-    // little-endian: `address_words` of its bytes).
-    // SAFETY: the helper checks the frame's bounds and writes at most 16 or 4 bytes.
-    let loaded = unsafe {
-        if family == FAMILY_V6 {
-            bpf_xdp_load_bytes(ctx, l3 + 8, scratch.addr.as_mut_ptr().cast(), 16) == 0
-        } else {
-            bpf_xdp_load_bytes(ctx, l3 + 12, scratch.addr.as_mut_ptr().cast(), 4) == 0
-        }
-    };
-    if !loaded {
+    if !load_source(ctx, l3, family, &mut scratch.addr) {
         return none;
     }
     let end = dns + len;
@@ -121,7 +111,8 @@ fn find(ctx: *mut xdp_md, dns_len: u64, l3_family: u64) -> u64 {
 
 /// Verifies the server cookie `cookie_find` left in `COOKIE_SCRATCH` against the
 /// configured secrets and the RFC 9018 window: `COOKIE_VALID`, `COOKIE_INVALID` or
-/// `COOKIE_STALE`, counted. A global function, as `cookie_find`.
+/// `COOKIE_STALE`, counted; a valid one proves its source (`proof`). A global
+/// function, as `cookie_find`.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn cookie_verify() -> u64 {
@@ -156,6 +147,13 @@ fn verify() -> u8 {
     let tai_s = unsafe { bpf_ktime_get_tai_ns() } / 1_000_000_000;
     let now = (tai_s as i64 + i64::from(secrets.tai_to_unix_s)) as u32;
     if cookie_fresh(timestamp, now) {
+        let family = if v6 { FAMILY_V6 } else { FAMILY_V4 };
+        if record_proof(scratch.addr, family, config)
+            && let Some(counters) = COUNTERS.get_ptr_mut(0)
+        {
+            // SAFETY: this CPU's counters; XDP programs do not nest on a CPU.
+            unsafe { (*counters).bump(Counter::ProvedCookie) };
+        }
         COOKIE_VALID
     } else {
         COOKIE_STALE

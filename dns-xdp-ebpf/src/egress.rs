@@ -1,13 +1,16 @@
 //! The egress (TC) path: counts DNS leaving the interface and records what XDP will
-//! let back in (upstream queries and connections, the server's TCP connections).
+//! let back in (upstream queries and connections, the server's TCP connections), and
+//! which clients proved their address over TCP (`proof`).
 
 use crate::maps::{AWAITED, EGRESS_COUNTERS, config};
 use crate::parse::{Frame, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Transport};
+use crate::proof::record_proof;
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::programs::TcContext;
 use dns_xdp_common::tcp::{STREAM_DESYNCED, TcpStream, seq_latest};
 use dns_xdp_common::{
-    AWAITED_TCP_IDLE_NS, AWAITED_UDP_NS, AwaitedKey, AwaitedState, Class, EgressCounter, L4,
+    AWAITED_TCP_IDLE_NS, AWAITED_UDP_NS, AwaitedKey, AwaitedState, Class, Config, EgressCounter,
+    L4, address_words,
 };
 
 /// Bytes made linear before parsing: every header the parser may read in a DNS packet.
@@ -53,8 +56,24 @@ pub(crate) fn try_dns_xdp_egress(ctx: &TcContext) -> Result<(), ()> {
         if recorded.is_some() {
             counters.bump(EgressCounter::AwaitedRecorded);
         }
+        if matches!(class, Class::Answer { .. }) && prove_client(&frame, &transport, config) {
+            counters.bump(EgressCounter::ProvedTcp);
+        }
     }
     Ok(())
+}
+
+/// Records the proof of a client the server sends TCP data to (an answer): the stack
+/// sends data only on an established connection, so the client completed the handshake
+/// from its address, which a spoofer cannot. Whether a proof was written.
+#[inline(always)]
+fn prove_client(frame: &Frame, transport: &Transport, config: &Config) -> bool {
+    transport.payload_len != 0
+        && transport.tcp_flags & (TCP_SYN | TCP_RST) == 0
+        && config.proof_ttl_ns != 0
+        && frame
+            .destination_address(transport)
+            .is_some_and(|addr| record_proof(address_words(&addr), transport.family.code(), config))
 }
 
 /// Records a segment the server sends on a connection a client opened: its SYN-ACK

@@ -10,12 +10,14 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod answers;
+mod budget;
 mod cookie;
 mod egress;
 mod ingress;
 mod maps;
 mod parse;
 mod policy;
+mod proof;
 mod question;
 mod sample;
 mod slip;

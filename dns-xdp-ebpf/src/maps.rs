@@ -8,7 +8,8 @@ use dns_xdp_common::samples::{DECISIONS, SAMPLE_RING_BYTES, SampledTypes};
 use dns_xdp_common::{
     AWAITED_TABLE_SIZE, AwaitedKey, AwaitedState, BudgetCredit, Config, Counters,
     DEFAULT_TABLE_SIZE, EgressCounters, FRAGMENT_TABLE_SIZE, FragmentKey, ListEntry,
-    MAX_LIST_ENTRIES, SLIP_PREFIX_SLOTS, SOURCE_WAYS, SourceHash, SourceLine,
+    MAX_LIST_ENTRIES, PROVEN_LINES, ProvenLine, SLIP_PREFIX_SLOTS, SOURCE_WAYS, SourceHash,
+    SourceLine,
 };
 
 /// Runtime configuration (DNS ports, limit, prefixes, flags), double-buffered: the loader
@@ -41,6 +42,12 @@ pub(crate) static SOURCES: Array<SourceLine> =
 /// the table (pinned with it), read here on every charge.
 #[map]
 pub(crate) static SOURCE_HASH: Array<SourceHash> = Array::with_max_entries(1, 0);
+
+/// Sources that proved their address (a completed TCP handshake, a valid DNS cookie),
+/// in lines of `PROVEN_WAYS` slots keyed by `SOURCE_HASH`'s secret: fixed memory, no
+/// insert. Written and read here (`proof`); read by the loader (status, metrics).
+#[map]
+pub(crate) static PROVEN: Array<ProvenLine> = Array::with_max_entries(PROVEN_LINES, 0);
 
 /// The server budget's GCRA theoretical arrival time, shared by all CPUs; written here only.
 #[map]

@@ -1,14 +1,18 @@
 //! The policy on a query: what its transport demands (sanity, the TCP rules), then its
 //! source's allow/deny lists, prefix levels and buckets, the server budget, and slip.
 
+use crate::budget::{
+    BUDGET_ADMITTED, BUDGET_SHED_UNPROVEN, QUERY_COST, QUERY_HEAVY, QUERY_PROVEN, budget_spend,
+};
 use crate::cookie::{COOKIE_DUE, cookie_find, cookie_verify};
 use crate::ingress::refuse;
 use crate::maps::{
-    BUDGET, BUDGET_CREDIT, LIST_V4, LIST_V6, SLIP_CAP, SLIP_PREFIX_CAPS, SOURCE_HASH, SOURCES,
-    set_step_exempt, step_exempt, untracked,
+    LIST_V4, LIST_V6, SLIP_CAP, SLIP_PREFIX_CAPS, SOURCE_HASH, SOURCES, set_step_exempt,
+    step_exempt, untracked,
 };
 use crate::parse::{Frame, Transport};
 use crate::sample::Verdict;
+use crate::slip::{SLIP_CAPPED, SLIP_SENT};
 use crate::tcp::{CHARGE_DUE, StreamCharge, police_segment_apart};
 use aya_ebpf::bindings::xdp_action;
 use aya_ebpf::cty::c_void;
@@ -16,14 +20,14 @@ use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_loop};
 use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::programs::XdpContext;
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
-use dns_xdp_common::samples::Decision;
+use dns_xdp_common::samples::{Decision, NO_LEVEL};
 use dns_xdp_common::tcp::{MAX_SEGMENT_COST, TcpStream};
 use dns_xdp_common::{
     BUCKET_TCP_CONNECT, BUCKET_TCP_DATA, BUCKET_UDP, COOKIE_NONE, COOKIE_VALID, Config, Counter,
     Counters, Family, L4, LIST_ALLOW, Level, Limit, ListEntry, MAX_LEVELS, SLIP_PREFIX_SLOTS,
-    SLIP_V4_PREFIX, SLIP_V6_PREFIX, SOURCE_WAYS, SourceCounts, SourceKey, SourceLine, budget_chunk,
-    budget_gcra, claimed_tat, evictability, gcra_ceiling, gcra_charge, is_heavy, line_index,
-    query_defect, slip_prefix_hash, slot_tag, source_hash, victim_forgetting,
+    SLIP_V4_PREFIX, SLIP_V6_PREFIX, SOURCE_WAYS, SourceCounts, SourceKey, SourceLine, claimed_tat,
+    evictability, gcra_ceiling, gcra_charge, is_heavy, line_index, query_defect, slip_prefix_hash,
+    slot_tag, source_hash, victim_forgetting,
 };
 
 /// Compare-and-swap attempts on one bucket before a query is refused as contended. Each
@@ -221,42 +225,69 @@ pub(crate) fn police_source(
             0,
         )
     };
-    if !walk.refused {
-        if !config.budget.is_on() || spend_budget(walk.now, config, walk.heavy, cost) {
+    // Refused by a level, or shed by the budget; and whether a truncated reply may be
+    // due (one in `slip` refused by a level; every unproven one the budget sheds).
+    let (decision, slip_due) = if walk.refused {
+        counters.bump(Counter::RateLimited);
+        let turn = config.slip != 0
+            && counters
+                .get(Counter::RateLimited)
+                .is_multiple_of(u64::from(config.slip));
+        (Decision::Limited, turn)
+    } else {
+        // Connection attempts are not charged to the budget: a new client must be able
+        // to complete a handshake (and so prove its address) however loaded the budget.
+        let spent = if !config.budget.is_on() || bucket as u8 == BUCKET_TCP_CONNECT {
+            BUDGET_ADMITTED
+        } else {
+            let mut query = cost & QUERY_COST;
+            if walk.heavy {
+                query |= QUERY_HEAVY;
+            }
+            if exempt || bucket as u8 == BUCKET_TCP_DATA {
+                query |= QUERY_PROVEN;
+            }
+            budget_spend(
+                ctx.ctx,
+                walk.now,
+                (transport.l3 as u64 & 0xffff) << 8 | u64::from(transport.family.code()),
+                query,
+            )
+        };
+        if spent == BUDGET_ADMITTED {
             counters.bump(Counter::RatePassed);
             return admitted;
         }
-        counters.bump(if walk.heavy {
-            Counter::BudgetShedHeavy
-        } else {
-            Counter::BudgetShedLight
-        });
-        return Verdict::new(refuse(config, counters), Decision::BudgetShed);
-    }
-    counters.bump(Counter::RateLimited);
-    let limited = |action| Verdict::at_level(action, Decision::Limited, walk.level);
+        (
+            Decision::BudgetShed,
+            spent == BUDGET_SHED_UNPROVEN && config.budget_slip(),
+        )
+    };
+    let limited_here = walk.refused;
+    let level = if limited_here { walk.level } else { NO_LEVEL };
+    let refused = |action| Verdict::at_level(action, decision, level);
     if config.dry_run() {
-        return limited(refuse(config, counters));
+        return refused(refuse(config, counters));
     }
-    // Slip one in N refused UDP queries (N counted per CPU): a truncated reply sends a
-    // real client to TCP, where spoofing cannot follow.
-    if transport.l4 == L4::Udp
-        && !transport.later_fragment
-        && config.slip != 0
-        && counters
-            .get(Counter::RateLimited)
-            .is_multiple_of(u64::from(config.slip))
-    {
-        if !within_slip_caps(&walk.source, walk.now, config) {
-            counters.bump(Counter::SlipCapped);
-            return limited(xdp_action::XDP_DROP);
-        }
-        if crate::slip::truncated_reply(ctx, transport).is_some() {
-            counters.bump(Counter::Slipped);
-            return Verdict::at_level(xdp_action::XDP_TX, Decision::Slipped, walk.level);
+    // A truncated reply sends a real client to TCP, where spoofing cannot follow.
+    if slip_due && transport.l4 == L4::Udp && !transport.later_fragment {
+        match crate::slip::slip(ctx, transport) {
+            SLIP_CAPPED => {
+                counters.bump(Counter::SlipCapped);
+                return refused(xdp_action::XDP_DROP);
+            }
+            SLIP_SENT => {
+                counters.bump(if limited_here {
+                    Counter::Slipped
+                } else {
+                    Counter::BudgetSlipped
+                });
+                return Verdict::at_level(xdp_action::XDP_TX, Decision::Slipped, level);
+            }
+            _ => {}
         }
     }
-    limited(xdp_action::XDP_DROP)
+    refused(xdp_action::XDP_DROP)
 }
 
 /// One query's walk over the prefix levels: `bpf_loop`'s context, on the caller's stack.
@@ -393,53 +424,6 @@ pub(crate) enum Charged {
     Admitted { heavy: bool },
     /// Refused; the slot's counters, for the refusal to be counted.
     Refused(&'static mut SourceCounts),
-}
-
-/// Spends `cost` queries of the server budget. Heavy queries (from a source or prefix
-/// that has spent more than half a burst at some level) may use the budget's burst;
-/// light ones also a reserve of one more burst that heavy ones cannot touch. This CPU's
-/// credit first; else a chunk for it while the budget is more than half full
-/// (`budget_chunk`): the `tat` every CPU shares is written once per chunk, not per query.
-#[inline(always)]
-pub(crate) fn spend_budget(now: u64, config: &Config, heavy: bool, cost: u64) -> bool {
-    let limit = &config.budget;
-    let credit = BUDGET_CREDIT.get_ptr_mut(0);
-    if let Some(credit) = credit {
-        // SAFETY: this CPU's slot of a per-CPU array; programs on one CPU do not
-        // interleave (XDP runs with migration and preemption off).
-        if unsafe { (*credit).spend(cost) } {
-            return true;
-        }
-    }
-    let Some(tat) = BUDGET.get_ptr_mut(0) else {
-        return true;
-    };
-    let chunk = u64::from(config.budget_chunk);
-    for _ in 0..MAX_CAS_ATTEMPTS {
-        // SAFETY: `tat` is an aligned u64 in a map value.
-        let current = unsafe { core::ptr::read_volatile(tat) };
-        let (next, drawn) = match budget_chunk(current, now, limit, chunk, cost) {
-            Some(next) => (next, chunk),
-            None => match budget_gcra(current, now, limit, heavy, cost) {
-                Some(next) => (next, cost),
-                None => return false,
-            },
-        };
-        // SAFETY: as above.
-        let (_, swapped) = unsafe {
-            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
-                tat, current, next,
-            )
-        };
-        if swapped {
-            if let Some(credit) = credit {
-                // SAFETY: as above; `drawn` >= `cost`.
-                unsafe { (*credit).queries += drawn - cost };
-            }
-            return true;
-        }
-    }
-    false
 }
 
 /// Charges `cost` queries to the bucket of `key`, in the slot of its line that holds

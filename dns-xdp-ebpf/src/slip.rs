@@ -11,16 +11,18 @@
 use aya_ebpf::{
     bindings::xdp_md,
     helpers::{
-        bpf_csum_diff, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
-        bpf_xdp_store_bytes,
+        bpf_csum_diff, bpf_ktime_get_ns, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len,
+        bpf_xdp_load_bytes, bpf_xdp_store_bytes,
     },
     programs::XdpContext,
 };
-use dns_xdp_common::{DNS_HEADER_LEN, Family, NAME_COMPLETE, fold_checksum};
+use dns_xdp_common::{DNS_HEADER_LEN, FAMILY_V6, Family, NAME_COMPLETE, fold_checksum};
 
 use crate::{
-    maps::SCRATCH,
+    maps::{SCRATCH, config},
     parse::{Frame, IPPROTO_UDP, Transport},
+    policy::{Source, within_slip_caps},
+    proof::load_source,
     question::scan_name,
 };
 
@@ -69,24 +71,83 @@ const IPV4_DONT_FRAGMENT: [u8; 2] = [0x40, 0];
 /// The reply's TTL / hop limit.
 const REPLY_TTL: u8 = 64;
 
-/// Rewrites the query `transport` describes into its truncated reply and trims the
-/// frame. `None` when the query cannot be answered this way (then it is dropped): a name
-/// too long or malformed, or IPv6 extension headers (which a reply would have to mirror).
+/// `slip_query`: a slip cap was spent; the query is to be dropped.
+pub(crate) const SLIP_CAPPED: u64 = 0;
+/// `slip_query`: the frame is now the truncated reply, to be sent back (XDP_TX).
+pub(crate) const SLIP_SENT: u64 = 1;
+/// `slip_query`: the query cannot be answered this way (`truncated_reply`): dropped.
+pub(crate) const SLIP_UNFIT: u64 = 2;
+
+/// Slips the refused UDP query `transport` describes: `slip_query` on its offsets.
 #[inline(always)]
-pub fn truncated_reply(ctx: &XdpContext, transport: &Transport) -> Option<()> {
+pub(crate) fn slip(ctx: &XdpContext, transport: &Transport) -> u64 {
+    slip_query(
+        ctx.ctx,
+        (transport.l3 as u64 & 0xffff) << 8 | u64::from(transport.family.code()),
+        (transport.payload as u64 & 0xffff) << 16 | (transport.payload_len as u64 & 0xffff),
+    )
+}
+
+/// Spends one slipped reply from the caps (`within_slip_caps`) and rewrites the query
+/// whose IP header is at frame offset `l3` (packed as `l3 << 8 | family`) and whose DNS
+/// message is the `len` bytes at frame offset `dns` (packed as `dns << 16 | len`) into
+/// its truncated reply: `SLIP_*`. A global function (its own BTF linkage): verified once,
+/// on its own, whatever its callers' states (a query refused by a level and one shed by
+/// the budget come here with many).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn slip_query(ctx: *mut xdp_md, l3_family: u64, dns_len: u64) -> u64 {
+    let (l3, family) = ((l3_family >> 8) as u32 & 0xffff, l3_family as u8);
+    let (dns, len) = ((dns_len >> 16) as usize & 0xffff, dns_len as usize & 0xffff);
+    let Ok(config) = config() else {
+        return SLIP_UNFIT;
+    };
+    let mut words = [0u64; 2];
+    if !load_source(ctx, l3, family, &mut words) {
+        return SLIP_UNFIT;
+    }
+    let mut addr = [0u8; 16];
+    addr[..8].copy_from_slice(&words[0].to_le_bytes());
+    addr[8..].copy_from_slice(&words[1].to_le_bytes());
+    let (source, family) = if family == FAMILY_V6 {
+        (Source::V6(addr), Family::V6)
+    } else {
+        (Source::V4([addr[0], addr[1], addr[2], addr[3]]), Family::V4)
+    };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !within_slip_caps(&source, now, config) {
+        return SLIP_CAPPED;
+    }
+    match truncated_reply(&XdpContext::new(ctx), l3 as usize, family, dns, len) {
+        Some(()) => SLIP_SENT,
+        None => SLIP_UNFIT,
+    }
+}
+
+/// Rewrites the UDP query whose IP header (of `family`) is at `l3` and whose DNS
+/// message is the `len` bytes at `dns` into its truncated reply, and trims the frame.
+/// `None` when the query cannot be answered this way (then it is dropped): a name too
+/// long or malformed, or IPv6 extension headers (which a reply would have to mirror).
+#[inline(always)]
+fn truncated_reply(
+    ctx: &XdpContext,
+    l3: usize,
+    family: Family,
+    dns: usize,
+    len: usize,
+) -> Option<()> {
     let frame = Frame::new(ctx.data(), ctx.data_end());
-    let dns = transport.payload;
-    let reply_len = question_end(ctx, dns, transport.payload_len)? - dns;
+    let reply_len = question_end(ctx, dns, len)? - dns;
     if reply_len > MAX_REPLY_LEN {
         return None;
     }
-    let udp = dns - UDP_HEADER_LEN;
-    let l3 = transport.l3;
+    let udp = dns.checked_sub(UDP_HEADER_LEN)?;
     let udp_len = UDP_HEADER_LEN + reply_len;
 
     // Each header is bounds-checked once as a whole and edited at constant offsets:
     // the verifier follows that, not pointers the compiler derives backwards.
-    let addresses = if transport.family == Family::V6 {
+    let addresses = if family == Family::V6 {
         let ip = header::<IPV6_HEADER_LEN>(&frame, l3)?;
         if ip[IPV6_NEXT_HEADER] != IPPROTO_UDP || udp != l3 + IPV6_HEADER_LEN {
             return None;

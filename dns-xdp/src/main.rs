@@ -335,6 +335,12 @@ struct SetArgs {
     /// secret first, the old one second), or `none` to stop checking cookies.
     #[arg(long, value_name = "FILE")]
     cookie_secrets: Option<PathBuf>,
+    /// Seconds a source stays proven after its last proof; 0: record no proofs.
+    #[arg(long, value_name = "SECONDS")]
+    proof_ttl: Option<u64>,
+    /// Slip UDP queries the budget sheds from unproven sources (within the slip caps).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    budget_slip: Option<bool>,
 }
 
 #[derive(clap::Args)]
@@ -700,6 +706,8 @@ fn set(args: &SetArgs) -> anyhow::Result<()> {
             Some(path) => Some(dns_xdp::cookies::read_secrets(path)?),
             None => None,
         },
+        proof_ttl: args.proof_ttl,
+        budget_slip: args.budget_slip,
     };
     let (mut maps, _writer) = args.instance.writer()?;
     let config = patch.apply(&maps.config()?)?;

@@ -15,6 +15,7 @@ use aya::{
 use bytemuck::Zeroable as _;
 use dns_xdp_common::{
     Config, Counters, EgressCounters, FAMILY_V4, Family, LIST_ALLOW, LIST_DENY, ListEntry,
+    PROVEN_LINES, ProvenLine,
     SOURCE_WAYS, SourceHash, SourceKey, SourceLine, SourceState, maps as spec,
     samples::SampledTypes,
 };
@@ -139,6 +140,7 @@ pub struct Maps {
     egress: PerCpuArray<MapData, EgressCounters>,
     sources: Array<MapData, SourceLine>,
     source_hash: Array<MapData, SourceHash>,
+    proven: Array<MapData, ProvenLine>,
     /// The source table's lines (its size is fixed when created).
     lines: u32,
     list_v4: LpmTrie<MapData, [u8; 4], ListEntry>,
@@ -178,6 +180,7 @@ impl Maps {
             egress: PerCpuArray::try_from(get(spec::EGRESS_COUNTERS.name)?)?,
             sources: Array::try_from(sources)?,
             source_hash: Array::try_from(get(spec::SOURCE_HASH.name)?)?,
+            proven: Array::try_from(get(spec::PROVEN.name)?)?,
             lines,
             list_v4: LpmTrie::try_from(get(spec::LIST_V4.name)?)?,
             list_v6: LpmTrie::try_from(get(spec::LIST_V6.name)?)?,
@@ -339,6 +342,23 @@ impl Maps {
             in_use,
             active,
         })
+    }
+
+    /// Sources (prefixes) proven now: the unexpired slots of `PROVEN`.
+    pub fn proven_sources(&self) -> anyhow::Result<u64> {
+        let now = monotonic_ns();
+        let deadline = std::time::Instant::now() + WALK_LIMIT;
+        let lines: Vec<ProvenLine> = match lookup_batches(self.proven.map(), deadline) {
+            Some(lines) => lines,
+            None => (0..PROVEN_LINES)
+                .map(|index| self.proven.get(&index, 0))
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(lines
+            .iter()
+            .flat_map(|line| line.until)
+            .filter(|&until| until > now)
+            .count() as u64)
     }
 
     /// The source table's hash key and shape.
@@ -529,14 +549,17 @@ fn line_states(line: &SourceLine) -> impl Iterator<Item = (SourceKey, SourceStat
         })
 }
 
-/// The source table's lines, `BATCH` per system call, until its end or `deadline`;
-/// `None` if the kernel has no batch lookup (then read them one by one).
-fn lookup_batches(map: &MapData, deadline: std::time::Instant) -> Option<Vec<SourceLine>> {
+/// An array's values (a table's lines), `BATCH` per system call, until its end or
+/// `deadline`; `None` if the kernel has no batch lookup (then read them one by one).
+fn lookup_batches<T: bytemuck::Pod>(
+    map: &MapData,
+    deadline: std::time::Instant,
+) -> Option<Vec<T>> {
     use std::os::fd::{AsFd as _, AsRawFd as _};
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
     let fd = map.fd().as_fd().as_raw_fd();
     let mut keys = vec![0u32; BATCH];
-    let mut values = vec![SourceLine::zeroed(); BATCH];
+    let mut values = vec![T::zeroed(); BATCH];
     // The array's cursor: the next line to read.
     let (mut cursor_in, mut cursor_out) = (0u32, 0u32);
     let mut lines = Vec::new();

@@ -71,7 +71,10 @@ pub fn render(maps: &Maps, iface: &str, top: usize) -> anyhow::Result<String> {
     );
     for &index in Index::ALL {
         let value = counters.get(index);
-        if index == Index::SourcesCreated || SAMPLE_OUTCOMES.iter().any(|(i, _)| *i == index) {
+        if index == Index::SourcesCreated
+            || index == Index::ProvedCookie
+            || SAMPLE_OUTCOMES.iter().any(|(i, _)| *i == index)
+        {
             continue; // their own series below
         } else if index == Index::Packets {
             packets
@@ -167,6 +170,29 @@ pub fn render(maps: &Maps, iface: &str, top: usize) -> anyhow::Result<String> {
         };
         target.get_or_create(&series).inc_by(egress.get(index));
     }
+
+    let proofs = counter_family(
+        &mut registry,
+        "proofs",
+        "Proofs of a source's address recorded (a proof is refreshed at most once per \
+         half --proof-ttl), by how: a TCP handshake completed, a valid DNS cookie",
+    );
+    for (via, value) in [
+        ("tcp", egress.get(EgressCounter::ProvedTcp)),
+        ("cookie", counters.get(Index::ProvedCookie)),
+    ] {
+        proofs
+            .get_or_create(&labels(&[("iface", iface), ("via", via)]))
+            .inc_by(value);
+    }
+    let proven = gauge_family(
+        &mut registry,
+        "proven_sources",
+        "Sources (at the per-source prefix) proven now: served first over the budget",
+    );
+    proven
+        .get_or_create(&labels(&[("iface", iface)]))
+        .set(maps.proven_sources()? as i64);
 
     let sources = maps.sources()?;
     let table = gauge_family(

@@ -228,6 +228,17 @@ pub struct Options {
     /// levels. Without it: no cookie is checked.
     #[arg(long, value_name = "FILE")]
     pub cookie_secrets: Option<PathBuf>,
+    /// Seconds a source stays proven after it last proved its address: completed a TCP
+    /// handshake with the server, or sent a valid server cookie. Over the budget,
+    /// proven sources are served first; 0: no proof is recorded (TCP queries and valid
+    /// cookies still count as proven) [default: 600].
+    #[arg(long, value_name = "SECONDS")]
+    pub proof_ttl: Option<u64>,
+    /// Answer UDP queries the budget sheds from unproven sources with a truncated reply
+    /// (TC=1, within --slip-cap and --slip-prefix-cap), so a real client retries over
+    /// TCP, proves its address and is served [default: true].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub budget_slip: Option<bool>,
     /// Print the counters every SECONDS (the final counters are always printed on exit).
     #[arg(long, value_name = "SECONDS", value_parser = parse_interval)]
     #[serde(default, deserialize_with = "interval")]
@@ -287,6 +298,8 @@ impl Options {
             budget: self.budget.or(file.budget),
             budget_burst: self.budget_burst.or(file.budget_burst),
             cookie_secrets: self.cookie_secrets.or(file.cookie_secrets),
+            proof_ttl: self.proof_ttl.or(file.proof_ttl),
+            budget_slip: self.budget_slip.or(file.budget_slip),
             stats_interval: self.stats_interval.or(file.stats_interval),
             top: self.top.or(file.top),
             metrics_addr: self.metrics_addr.or(file.metrics_addr),
@@ -359,6 +372,8 @@ impl Options {
                 Some(path) => crate::cookies::read_secrets(path)?,
                 None => Vec::new(),
             },
+            proof_ttl: self.proof_ttl.unwrap_or(defaults.proof_ttl),
+            budget_slip: self.budget_slip.unwrap_or(defaults.budget_slip),
         };
         settings.validate()?;
         Ok(settings)

@@ -4,10 +4,14 @@
 
 use std::str::FromStr;
 
-use anyhow::{Context as _, bail};
-use dns_xdp_common::{Config, FLAG_BACKENDING, FLAG_DRY_RUN, FLAG_SANITY, Level, Limit};
+use anyhow::{Context as _, bail, ensure};
+use dns_xdp_common::{
+    Config, FLAG_BACKENDING, FLAG_BUDGET_SLIP, FLAG_DRY_RUN, FLAG_SANITY, Level, Limit,
+};
 
-use crate::settings::{Levels, Rate, budget_limit, cap_limit, check_prefix_lengths};
+use crate::settings::{
+    Levels, MAX_PROOF_TTL, Rate, budget_limit, cap_limit, check_prefix_lengths, proof_ttl_ns,
+};
 
 /// A rate, or `off`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +67,9 @@ pub struct ConfigPatch {
     pub budget_burst: Option<u32>,
     /// New DNS cookie secrets (the current one first); empty: stop checking cookies.
     pub cookie_secrets: Option<Vec<[u8; 16]>>,
+    /// Seconds a proof lasts; 0: no proof is recorded.
+    pub proof_ttl: Option<u64>,
+    pub budget_slip: Option<bool>,
 }
 
 impl ConfigPatch {
@@ -122,6 +129,7 @@ impl ConfigPatch {
             (self.dry_run, FLAG_DRY_RUN),
             (self.dns_sanity, FLAG_SANITY),
             (self.backending, FLAG_BACKENDING),
+            (self.budget_slip, FLAG_BUDGET_SLIP),
         ] {
             match on {
                 Some(true) => config.flags |= flag,
@@ -143,6 +151,13 @@ impl ConfigPatch {
         }
         if let Some(secrets) = &self.cookie_secrets {
             config.cookies = crate::cookies::kernel_secrets(secrets);
+        }
+        if let Some(ttl) = self.proof_ttl {
+            ensure!(
+                ttl <= MAX_PROOF_TTL,
+                "--proof-ttl {ttl}: at most {MAX_PROOF_TTL} seconds (a week)"
+            );
+            config.proof_ttl_ns = proof_ttl_ns(ttl);
         }
         if let Some(sample) = self.sample {
             config.sample_every = sample;

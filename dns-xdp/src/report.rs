@@ -38,6 +38,8 @@ pub struct Report<'a> {
     pub conntrack: Option<Headroom>,
     pub top: Vec<SourceReport>,
     pub lists: Vec<ListReport>,
+    /// Sources (prefixes) proven now (`Maps::proven_sources`).
+    pub proven_sources: u64,
     /// Per-second rates of the counters since the previous report, when watching.
     pub rates: Option<Vec<(&'static str, f64)>>,
     /// Only the top sources (the `top` command).
@@ -81,6 +83,7 @@ impl<'a> Report<'a> {
                 Vec::new()
             },
             lists: maps.lists()?,
+            proven_sources: maps.proven_sources()?,
             rates: None,
             top_only: false,
         })
@@ -131,7 +134,8 @@ impl<'a> Report<'a> {
             })
             .collect();
         if self.top_only {
-            return json!({"iface": self.iface, "top": top}).to_string();
+            return json!({"iface": self.iface, "top": top, "proven": self.proven_json()})
+                .to_string();
         }
         let mut report = json!({
             "event": self.event.name(),
@@ -142,6 +146,7 @@ impl<'a> Report<'a> {
             "conntrack": headroom_json(self.conntrack),
             "top": top,
             "lists": lists,
+            "proven_sources": self.proven_sources,
         });
         if let Some(rates) = &self.rates {
             report["rates_per_s"] = rates
@@ -169,6 +174,11 @@ impl<'a> Report<'a> {
                 self.counters.get(counter)
             ));
         }
+        text.push_str(&format!(
+            " proved_tcp={} proven_sources={}",
+            self.egress.get(EgressCounter::ProvedTcp),
+            self.proven_sources
+        ));
         if !self.top.is_empty() {
             text.push_str(&format!(
                 "\n  {:<43} {:>12} {:>12} {:>12}",
@@ -199,6 +209,24 @@ impl<'a> Report<'a> {
             }
         }
         text
+    }
+}
+
+impl Report<'_> {
+    /// Proven sources and how the server budget served them: what `top` shows beside
+    /// the sources refused most.
+    fn proven_json(&self) -> Value {
+        let count = |counter| self.counters.get(counter);
+        json!({
+            "sources": self.proven_sources,
+            "proved_tcp": self.egress.get(EgressCounter::ProvedTcp),
+            "proved_cookie": count(Counter::ProvedCookie),
+            "budget_served_proven": count(Counter::BudgetServedProven),
+            "budget_served_unproven": count(Counter::BudgetServedUnproven),
+            "budget_shed_proven": count(Counter::BudgetShedProven),
+            "budget_shed_unproven": count(Counter::BudgetShedHeavy) + count(Counter::BudgetShedLight),
+            "budget_slipped": count(Counter::BudgetSlipped),
+        })
     }
 }
 
@@ -245,6 +273,7 @@ mod tests {
                 allow: false,
                 hits: 3,
             }],
+            proven_sources: 5,
             rates: None,
             top_only: false,
         }

@@ -4,9 +4,10 @@ use std::{fmt, net::IpAddr, str::FromStr};
 
 use anyhow::{Context as _, bail, ensure};
 use dns_xdp_common::{
-    Config, DEFAULT_OPCODES, DEFAULT_TABLE_SIZE, FLAG_BACKENDING, FLAG_DRY_RUN, FLAG_SANITY,
-    Family, Level, Limit, MAX_LEVELS, MAX_LIST_ENTRIES, NS_PER_SEC, OPCODE_NOTIFY, OPCODE_QUERY,
-    OPCODE_UPDATE, PortSet, budget_chunk_size, list_flag,
+    Config, DEFAULT_OPCODES, DEFAULT_PROOF_TTL_S, DEFAULT_TABLE_SIZE, FLAG_BACKENDING,
+    FLAG_BUDGET_SLIP, FLAG_DRY_RUN, FLAG_SANITY, Family, Level, Limit, MAX_LEVELS,
+    MAX_LIST_ENTRIES, NS_PER_SEC, OPCODE_NOTIFY, OPCODE_QUERY, OPCODE_UPDATE, PortSet,
+    budget_chunk_size, list_flag,
 };
 pub use ipnet::IpNet;
 
@@ -208,6 +209,19 @@ pub struct Settings {
     /// DNS cookie secrets (`cookies::parse_secrets`), the current one first; none: no
     /// cookie is checked.
     pub cookie_secrets: Vec<[u8; 16]>,
+    /// Seconds a source stays proven (a completed TCP handshake, a valid cookie) after
+    /// its last proof; 0: no proof is recorded.
+    pub proof_ttl: u64,
+    /// Slip UDP queries the budget sheds from unproven sources (`FLAG_BUDGET_SLIP`).
+    pub budget_slip: bool,
+}
+
+/// The longest `proof_ttl`: a week.
+pub const MAX_PROOF_TTL: u64 = 7 * 24 * 3600;
+
+/// The kernel form of `proof_ttl` (seconds).
+pub fn proof_ttl_ns(seconds: u64) -> u64 {
+    seconds.saturating_mul(NS_PER_SEC)
 }
 
 /// Default `sample`: one in 100 queries of each decision, enough to see what a flood
@@ -332,6 +346,8 @@ impl Default for Settings {
             sample: DEFAULT_SAMPLE,
             sample_cap: DEFAULT_SAMPLE_CAP,
             cookie_secrets: Vec::new(),
+            proof_ttl: DEFAULT_PROOF_TTL_S,
+            budget_slip: true,
         }
     }
 }
@@ -369,6 +385,11 @@ impl Settings {
             "--budget-burst needs --budget"
         );
         budget_limit(self.budget, self.budget_burst)?;
+        ensure!(
+            self.proof_ttl <= MAX_PROOF_TTL,
+            "--proof-ttl {}: at most {MAX_PROOF_TTL} seconds (a week)",
+            self.proof_ttl
+        );
         for level in self.aggregate_levels() {
             ensure!(
                 level.v4_prefix <= 32 && level.v6_prefix <= 128,
@@ -462,6 +483,7 @@ impl Settings {
             sample_every: self.sample,
             generation: 0,
             cookies: crate::cookies::kernel_secrets(&self.cookie_secrets),
+            proof_ttl_ns: proof_ttl_ns(self.proof_ttl),
         })
     }
 
@@ -477,6 +499,7 @@ impl Settings {
             (self.dry_run, FLAG_DRY_RUN),
             (self.dns_sanity, FLAG_SANITY),
             (self.backending, FLAG_BACKENDING),
+            (self.budget_slip, FLAG_BUDGET_SLIP),
             (listed(Family::V4), list_flag(Family::V4)),
             (listed(Family::V6), list_flag(Family::V6)),
         ] {

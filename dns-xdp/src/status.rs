@@ -315,6 +315,8 @@ pub fn config_json(config: &Config) -> Value {
         .into();
     // How many secrets, never the secrets: status output ends up in tickets and logs.
     value["cookie_secrets"] = json!(config.cookies.count);
+    value["proof_ttl_s"] = json!(config.proof_ttl_ns / NS_PER_SEC);
+    value["budget_slip"] = json!(config.budget_slip());
     value["opcodes"] = json!(
         (0..16u8)
             .filter(|opcode| config.allowed_opcodes & (1 << opcode) != 0)

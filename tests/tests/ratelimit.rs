@@ -335,9 +335,12 @@ fn from_every_cpu(harness: &mut Harness, frame: &[u8], runs_per_cpu: u32) -> Eve
 fn the_budget_from_every_cpu_admits_exactly_its_bursts() {
     const BURST: u32 = 20_000;
     for round in 0..3 {
+        // No slip: a slipped reply would be the frame of every later run (a test run
+        // repeats on the frame its program left).
         let mut harness = Harness::with(&Settings {
             budget: Some("1/hour".parse().unwrap()),
             budget_burst: Some(BURST),
+            budget_slip: false,
             ..limited("1000000000/s", 2_000_000_000)
         })
         .unwrap();
@@ -674,6 +677,7 @@ fn over_budget_heavy_sources_are_shed_first_and_light_ones_keep_a_reserve() {
     let mut harness = Harness::with(&Settings {
         budget: Some("1/hour".parse().unwrap()),
         budget_burst: Some(3),
+        budget_slip: false,
         ..limited("1/hour", 4)
     })
     .unwrap();
@@ -715,10 +719,11 @@ fn over_budget_heavy_sources_are_shed_first_and_light_ones_keep_a_reserve() {
 #[test]
 fn a_budget_alone_serves_first_come_first_served() {
     // No per-source limit: every query is light, so the budget admits its burst and its
-    // reserve (2 + 2 at one instant), then sheds.
+    // reserve (2 + 2 at one instant), then sheds (drops: no slip here).
     let mut harness = Harness::with(&Settings {
         budget: Some("1/hour".parse().unwrap()),
         budget_burst: Some(2),
+        budget_slip: false,
         ..Settings::default()
     })
     .unwrap();
@@ -730,3 +735,4 @@ fn a_budget_alone_serves_first_come_first_served() {
     assert_eq!(counter(&mut harness, Counter::BudgetShedLight), 4);
     assert_eq!(counter(&mut harness, Counter::BudgetShedHeavy), 0);
 }
+
