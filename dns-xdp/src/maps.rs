@@ -15,9 +15,8 @@ use aya::{
 use bytemuck::Zeroable as _;
 use dns_xdp_common::{
     Config, Counters, EgressCounters, FAMILY_V4, Family, LIST_ALLOW, LIST_DENY, ListEntry,
-    PROVEN_LINES, ProvenLine,
-    SOURCE_WAYS, SourceHash, SourceKey, SourceLine, SourceState, maps as spec,
-    samples::SampledTypes,
+    PROVEN_LINES, ProvenLine, SOURCE_WAYS, SourceHash, SourceKey, SourceLine, SourceState,
+    maps as spec, samples::SampledTypes,
 };
 use ipnet::IpNet;
 
@@ -551,10 +550,7 @@ fn line_states(line: &SourceLine) -> impl Iterator<Item = (SourceKey, SourceStat
 
 /// An array's values (a table's lines), `BATCH` per system call, until its end or
 /// `deadline`; `None` if the kernel has no batch lookup (then read them one by one).
-fn lookup_batches<T: bytemuck::Pod>(
-    map: &MapData,
-    deadline: std::time::Instant,
-) -> Option<Vec<T>> {
+fn lookup_batches<T: bytemuck::Pod>(map: &MapData, deadline: std::time::Instant) -> Option<Vec<T>> {
     use std::os::fd::{AsFd as _, AsRawFd as _};
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
     let fd = map.fd().as_fd().as_raw_fd();
