@@ -735,4 +735,3 @@ fn a_budget_alone_serves_first_come_first_served() {
     assert_eq!(counter(&mut harness, Counter::BudgetShedLight), 4);
     assert_eq!(counter(&mut harness, Counter::BudgetShedHeavy), 0);
 }
-
