@@ -271,6 +271,107 @@ pub fn dns_query(id: u16, name: &str) -> Vec<u8> {
     query
 }
 
+/// Byte offset of the IP header in frames `build` makes without VLAN tags.
+const IP: usize = 14;
+
+/// A UDP query for example.com from `src` (port 40000) to the server's port 53.
+pub fn query_v4_from(src: Ipv4Addr) -> Vec<u8> {
+    let mut frame = build(&[
+        Layer::Eth,
+        Layer::ipv4(),
+        Layer::udp(53),
+        Layer::Payload(dns_query(1, "example.com")),
+    ]);
+    frame[IP + 12..IP + 16].copy_from_slice(&src.octets());
+    frame
+}
+
+/// `query_v4_from` over IPv6.
+pub fn query_v6_from(src: Ipv6Addr) -> Vec<u8> {
+    let mut frame = build(&[
+        Layer::Eth,
+        Layer::Ipv6,
+        Layer::udp(53),
+        Layer::Payload(dns_query(1, "example.com")),
+    ]);
+    frame[IP + 8..IP + 24].copy_from_slice(&src.octets());
+    frame
+}
+
+/// A TCP segment the server (port 53) sends to `client` (port 40000), with these flags
+/// and payload: what the egress program sees leave. IPv4 or IPv6 as `client` is.
+pub fn server_segment_to(client: std::net::IpAddr, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let ip = match client {
+        std::net::IpAddr::V4(_) => Layer::ipv4(),
+        std::net::IpAddr::V6(_) => Layer::Ipv6,
+    };
+    let mut frame = build(&[
+        Layer::Eth,
+        ip,
+        Layer::Tcp {
+            src: 53,
+            dst: 40000,
+        },
+        Layer::Payload(payload.to_vec()),
+    ]);
+    let tcp = match client {
+        std::net::IpAddr::V4(client) => {
+            frame[IP + 12..IP + 16].copy_from_slice(&DST_V4.octets());
+            frame[IP + 16..IP + 20].copy_from_slice(&client.octets());
+            frame[IP + 10..IP + 12].copy_from_slice(&[0, 0]);
+            let checksum = internet_checksum(&frame[IP..IP + 20]);
+            frame[IP + 10..IP + 12].copy_from_slice(&checksum.to_be_bytes());
+            IP + 20
+        }
+        std::net::IpAddr::V6(client) => {
+            frame[IP + 8..IP + 24].copy_from_slice(&DST_V6.octets());
+            frame[IP + 24..IP + 40].copy_from_slice(&client.octets());
+            IP + 40
+        }
+    };
+    frame[tcp + 13] = flags;
+    frame
+}
+
+/// The client cookie `query_with_cookie` sends.
+pub const CLIENT_COOKIE: [u8; 8] = *b"\x01\x02\x03\x04\x05\x06\x07\x08";
+
+/// The 24-byte COOKIE option data a server with `secret` gives the client at `addr`
+/// (IPv4 in the first 4 bytes) at `timestamp` (UNIX seconds): RFC 9018's, as
+/// `dns_xdp_common::cookies` computes it.
+pub fn full_cookie(secret: &[u8; 16], addr: [u8; 16], v6: bool, timestamp: u32) -> Vec<u8> {
+    use dns_xdp_common::{COOKIE_VERSION, address_words, cookie_hash, secret_key};
+    let mut header = [COOKIE_VERSION, 0, 0, 0, 0, 0, 0, 0];
+    header[4..].copy_from_slice(&timestamp.to_be_bytes());
+    let hash = cookie_hash(
+        &secret_key(secret),
+        u64::from_le_bytes(CLIENT_COOKIE),
+        u64::from_le_bytes(header),
+        address_words(&addr),
+        v6,
+    );
+    let mut cookie = CLIENT_COOKIE.to_vec();
+    cookie.extend(header);
+    cookie.extend(hash.to_le_bytes());
+    cookie
+}
+
+/// A query for example.com with an OPT record holding `options` (code, data).
+pub fn query_with_options(id: u16, options: &[(u16, &[u8])]) -> Vec<u8> {
+    let mut query = dns_query(id, "example.com");
+    query[10..12].copy_from_slice(&1u16.to_be_bytes()); // ARCOUNT
+    let mut data = Vec::new();
+    for (code, bytes) in options {
+        data.extend(code.to_be_bytes());
+        data.extend((bytes.len() as u16).to_be_bytes());
+        data.extend(*bytes);
+    }
+    query.extend([0, 0, 41, 0x10, 0, 0, 0, 0, 0]); // root, OPT, 4096, TTL 0
+    query.extend((data.len() as u16).to_be_bytes());
+    query.extend(data);
+    query
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

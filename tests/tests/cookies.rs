@@ -7,15 +7,16 @@
 
 use dns_xdp::Settings;
 use dns_xdp::cookies::{kernel_secrets, parse_secrets};
-use dns_xdp_common::{COOKIE_VERSION, Counter, address_words, cookie_hash, secret_key};
+use dns_xdp_common::Counter;
 use dns_xdp_testkit::{
-    packet::{Layer, SRC_V4, SRC_V6, build, dns_query},
+    packet::{
+        CLIENT_COOKIE, Layer, SRC_V4, SRC_V6, build, dns_query, full_cookie, query_with_options,
+    },
     testrun::{Harness, XDP_DROP, XDP_PASS},
 };
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
 const NEXT_SECRET: &str = "fedcba9876543210fedcba9876543210";
-const CLIENT_COOKIE: [u8; 8] = *b"\x01\x02\x03\x04\x05\x06\x07\x08";
 
 fn secret(hex: &str) -> [u8; 16] {
     parse_secrets(hex).unwrap()[0]
@@ -29,44 +30,10 @@ fn now() -> u32 {
         .as_secs() as u32
 }
 
-/// The 24-byte COOKIE option data a server with `secret` gives the client at `addr`
-/// (IPv4 in the first 4 bytes) at `timestamp`.
-fn full_cookie(secret: &[u8; 16], addr: [u8; 16], v6: bool, timestamp: u32) -> Vec<u8> {
-    let mut header = [COOKIE_VERSION, 0, 0, 0, 0, 0, 0, 0];
-    header[4..].copy_from_slice(&timestamp.to_be_bytes());
-    let hash = cookie_hash(
-        &secret_key(secret),
-        u64::from_le_bytes(CLIENT_COOKIE),
-        u64::from_le_bytes(header),
-        address_words(&addr),
-        v6,
-    );
-    let mut cookie = CLIENT_COOKIE.to_vec();
-    cookie.extend(header);
-    cookie.extend(hash.to_le_bytes());
-    cookie
-}
-
 fn v4_address() -> [u8; 16] {
     let mut addr = [0u8; 16];
     addr[..4].copy_from_slice(&SRC_V4.octets());
     addr
-}
-
-/// A query for example.com with an OPT record holding `options` (code, data).
-fn query_with_options(id: u16, options: &[(u16, &[u8])]) -> Vec<u8> {
-    let mut query = dns_query(id, "example.com");
-    query[10..12].copy_from_slice(&1u16.to_be_bytes()); // ARCOUNT
-    let mut data = Vec::new();
-    for (code, bytes) in options {
-        data.extend(code.to_be_bytes());
-        data.extend((bytes.len() as u16).to_be_bytes());
-        data.extend(*bytes);
-    }
-    query.extend([0, 0, 41, 0x10, 0, 0, 0, 0, 0]); // root, OPT, 4096, TTL 0
-    query.extend((data.len() as u16).to_be_bytes());
-    query.extend(data);
-    query
 }
 
 fn with_cookie(cookie: &[u8]) -> Vec<u8> {

@@ -2,7 +2,7 @@
 //! Needs root.
 
 use std::{
-    net::{Ipv4Addr, Ipv6Addr},
+    net::Ipv4Addr,
     time::{Duration, Instant},
 };
 
@@ -13,33 +13,11 @@ use dns_xdp::{
 };
 use dns_xdp_common::Counter;
 use dns_xdp_testkit::{
-    packet::{Layer, build, dns_query},
+    packet::{Layer, build, dns_query, query_v4_from as query_v4, query_v6_from as query_v6},
     testrun::{Harness, XDP_DROP, XDP_PASS, monotonic_ns},
 };
 
 const IP: usize = 14;
-
-fn query_v4(src: Ipv4Addr) -> Vec<u8> {
-    let mut frame = build(&[
-        Layer::Eth,
-        Layer::ipv4(),
-        Layer::udp(53),
-        Layer::Payload(dns_query(1, "example.com")),
-    ]);
-    frame[IP + 12..IP + 16].copy_from_slice(&src.octets());
-    frame
-}
-
-fn query_v6(src: Ipv6Addr) -> Vec<u8> {
-    let mut frame = build(&[
-        Layer::Eth,
-        Layer::Ipv6,
-        Layer::udp(53),
-        Layer::Payload(dns_query(1, "example.com")),
-    ]);
-    frame[IP + 8..IP + 24].copy_from_slice(&src.octets());
-    frame
-}
 
 fn v4(text: &str) -> Ipv4Addr {
     text.parse().unwrap()
