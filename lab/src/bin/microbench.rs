@@ -149,6 +149,18 @@ fn cookie_query(secret: Option<[u8; 16]>) -> Vec<u8> {
     frame
 }
 
+/// A bucket that always admits and a server budget of one query an hour, spent after its
+/// first; shed queries are dropped; proofs last `proof_ttl` seconds (0: none).
+fn spent_budget_settings(proof_ttl: u64) -> Settings {
+    Settings {
+        budget: Some("1/hour".parse().unwrap()),
+        budget_burst: Some(1),
+        budget_slip: false,
+        proof_ttl,
+        ..settings(Some("1000000000/s"), u32::MAX, &[], &[])
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let Args { out_dir } = <Args as clap::Parser>::parse();
     let query = || Layer::Payload(dns_query(1, "example.com"));
@@ -187,6 +199,12 @@ fn main() -> anyhow::Result<()> {
             cookie_secrets: vec![COOKIE_SECRET],
             ..settings(Some("1/hour"), 1, &[], &[])
         })?,
+        // 7: a bucket that always admits and a spent server budget: the query's source
+        // looked up in PROVEN (unproven), shed and dropped (no slip: a slipped reply
+        // would be the next run's frame).
+        Harness::with(&spent_budget_settings(dns_xdp_common::DEFAULT_PROOF_TTL_S))?,
+        // 8: the same with proofs off: no lookup.
+        Harness::with(&spent_budget_settings(0))?,
     ];
     let paths = [
         Path {
@@ -266,6 +284,16 @@ fn main() -> anyhow::Result<()> {
             name: "DNS query, valid server cookie: levels skipped (pass)",
             harness: 6,
             frame: cookie_query(Some(COOKIE_SECRET)),
+        },
+        Path {
+            name: "DNS query, spent server budget, unproven: proof looked up, shed (drop)",
+            harness: 7,
+            frame: udp4([198, 18, 0, 2]),
+        },
+        Path {
+            name: "DNS query, spent server budget, proofs off: shed (drop)",
+            harness: 8,
+            frame: udp4([198, 18, 0, 2]),
         },
         Path {
             name: "DNS query, allow-listed",
