@@ -494,6 +494,9 @@ async fn attach(
         if settings.dry_run { ", dry run" } else { "" },
         pin_dir(&pin_root, &iface).display()
     );
+    for advice in settings.advice() {
+        log::warn!("{advice}");
+    }
     if settings.conntrack_bypass {
         log::info!(
             "conntrack bypass: NOTRACK for DNS ports {:?} on {iface} (nft table inet {})",

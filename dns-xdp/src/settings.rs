@@ -487,6 +487,28 @@ impl Settings {
         })
     }
 
+    /// Choices that are valid but probably not what the operator wants, one warning each.
+    pub fn advice(&self) -> Vec<String> {
+        let mut advice = Vec::new();
+        if !self.cookie_secrets.is_empty() && self.budget.is_none() {
+            advice.push(
+                "--cookie-secrets without --budget: a query with a valid cookie passes every \
+                 prefix level, so one real client that sends cookies is held by nothing; \
+                 set --budget to the queries/s the server can answer"
+                    .to_owned(),
+            );
+        }
+        if self.budget.is_some() && self.proof_ttl == 0 && self.cookie_secrets.is_empty() {
+            advice.push(
+                "--budget with --proof-ttl 0 and no --cookie-secrets: over budget, only TCP \
+                 queries count as proven, and a flood spoofed across the address space \
+                 shares the rest with real UDP clients"
+                    .to_owned(),
+            );
+        }
+        advice
+    }
+
     fn flags(&self) -> u16 {
         let listed = |family: Family| {
             self.allow
@@ -673,6 +695,35 @@ mod tests {
             })
             .contains("in both --allow and --deny")
         );
+    }
+
+    #[test]
+    fn proofs_are_bounded_and_risky_combinations_are_advised() {
+        let week = Settings {
+            proof_ttl: MAX_PROOF_TTL + 1,
+            ..Settings::default()
+        };
+        assert!(
+            week.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--proof-ttl 604801")
+        );
+        assert!(Settings::default().advice().is_empty());
+        let cookies_alone = Settings {
+            cookie_secrets: vec![[7; 16]],
+            ..Settings::default()
+        };
+        assert!(cookies_alone.advice()[0].contains("--cookie-secrets without --budget"));
+        let blind_budget = Settings {
+            budget: Some("1000/s".parse().unwrap()),
+            proof_ttl: 0,
+            ..Settings::default()
+        };
+        assert!(blind_budget.advice()[0].contains("--proof-ttl 0"));
+        let config = Settings::default().config().unwrap();
+        assert_eq!(config.proof_ttl_ns, 600 * NS_PER_SEC);
+        assert!(config.budget_slip());
     }
 
     #[test]
