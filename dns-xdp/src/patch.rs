@@ -275,6 +275,28 @@ mod tests {
     }
 
     #[test]
+    fn proof_lifetime_and_budget_slip() {
+        let patched = ConfigPatch {
+            proof_ttl: Some(60),
+            budget_slip: Some(false),
+            ..ConfigPatch::default()
+        }
+        .apply(&live())
+        .unwrap();
+        assert_eq!(patched.proof_ttl_ns, 60 * dns_xdp_common::NS_PER_SEC);
+        assert!(!patched.budget_slip());
+        assert_eq!(patched.levels, live().levels);
+        let too_long = ConfigPatch {
+            proof_ttl: Some(8 * 24 * 3600),
+            ..ConfigPatch::default()
+        };
+        let Err(error) = too_long.apply(&live()) else {
+            panic!("a proof lifetime over a week was accepted");
+        };
+        assert!(error.to_string().contains("--proof-ttl 691200"), "{error}");
+    }
+
+    #[test]
     fn flags_budget_and_slip() {
         let patched = ConfigPatch {
             dry_run: Some(true),
