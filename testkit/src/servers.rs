@@ -144,6 +144,22 @@ pub fn start_unbound(
     )
 }
 
+/// The zone the BIND tests serve: `EXAMPLE_ZONE` with its name server at the server's
+/// address and `www` at 198.18.0.80.
+pub fn example_zone() -> String {
+    format!(
+        "$ORIGIN {EXAMPLE_ZONE}.\n$TTL 300\n\
+         @ IN SOA ns1 hostmaster 1 7200 3600 1209600 300\n\
+         @ IN NS ns1\n\
+         ns1 IN A {}\n\
+         www IN A 198.18.0.80\n",
+        crate::netns::SERVER_V4
+    )
+}
+
+/// The origin of `example_zone`.
+pub const EXAMPLE_ZONE: &str = "example.com";
+
 /// BIND 9 (`named`) serving `zones` (name, zone file text) as their primary on
 /// `address`:53 in `netns`, with DNS cookies (RFC 7873, the SipHash-2-4 server cookie of
 /// RFC 9018): it makes server cookies with the first of `cookie_secrets` and accepts

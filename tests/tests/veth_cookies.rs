@@ -14,7 +14,7 @@ use dns_xdp_testkit::{
     loader::{self, BpfFs, Loader},
     netns::{CLIENT_V4, LINK, Pair, SERVER_V4},
     process::ScratchDir,
-    servers::{CookieSeen, bind_queries, start_bind},
+    servers::{CookieSeen, EXAMPLE_ZONE, bind_queries, example_zone, start_bind},
 };
 
 /// The secret BIND makes its server cookies with (SipHash-2-4 takes 128 bits).
@@ -56,18 +56,6 @@ fn now() -> u32 {
         .unwrap()
         .as_secs() as u32
 }
-const ZONE: &str = "example.com";
-
-/// `ZONE` with `www` at 198.18.0.80.
-fn zone() -> String {
-    format!(
-        "$ORIGIN {ZONE}.\n$TTL 300\n\
-         @ IN SOA ns1 hostmaster 1 7200 3600 1209600 300\n\
-         @ IN NS ns1\n\
-         ns1 IN A {SERVER_V4}\n\
-         www IN A 198.18.0.80\n"
-    )
-}
 
 #[test]
 fn bind_hands_out_cookies_and_accepts_them_back() {
@@ -77,13 +65,13 @@ fn bind_hands_out_cookies_and_accepts_them_back() {
     let _bind = start_bind(
         &pair.server,
         SERVER_V4,
-        &[(ZONE, &zone())],
+        &[(EXAMPLE_ZONE, &example_zone())],
         &[SECRET],
         &bind_dir,
     )
     .expect("starting BIND");
     let server: IpAddr = SERVER_V4.parse().unwrap();
-    let name = format!("www.{ZONE}");
+    let name = format!("www.{EXAMPLE_ZONE}");
 
     let first = dig_cookie(&pair.client, server, &name, None).expect("running dig");
     println!("without a server cookie: {first:?}");
@@ -146,12 +134,12 @@ fn after_a_rotation_old_cookies_still_verify_and_new_ones_use_the_new_secret() {
     let pair = Pair::new().expect("creating namespaces");
     let dir = ScratchDir::new("bind-rotation").unwrap();
     let server: IpAddr = SERVER_V4.parse().unwrap();
-    let name = format!("www.{ZONE}");
+    let name = format!("www.{EXAMPLE_ZONE}");
     let old = {
         let _bind = start_bind(
             &pair.server,
             SERVER_V4,
-            &[(ZONE, &zone())],
+            &[(EXAMPLE_ZONE, &example_zone())],
             &[SECRET],
             &dir.path().join("before"),
         )
@@ -165,7 +153,7 @@ fn after_a_rotation_old_cookies_still_verify_and_new_ones_use_the_new_secret() {
     let _bind = start_bind(
         &pair.server,
         SERVER_V4,
-        &[(ZONE, &zone())],
+        &[(EXAMPLE_ZONE, &example_zone())],
         &[NEXT_SECRET, SECRET],
         &rotated_dir,
     )
@@ -214,12 +202,12 @@ fn secrets_file(dir: &std::path::Path, file: &str, secrets: &[&str]) -> String {
 fn dns_xdp_exempts_the_cookies_bind_makes_from_the_limits_across_a_live_rotation() {
     let pair = Pair::new().expect("creating namespaces");
     let dir = ScratchDir::new("bind-xdp").unwrap();
-    let name = format!("www.{ZONE}");
+    let name = format!("www.{EXAMPLE_ZONE}");
     let server: IpAddr = SERVER_V4.parse().unwrap();
     let bind = start_bind(
         &pair.server,
         SERVER_V4,
-        &[(ZONE, &zone())],
+        &[(EXAMPLE_ZONE, &example_zone())],
         &[SECRET],
         &dir.path().join("bind"),
     )
@@ -262,7 +250,7 @@ fn dns_xdp_exempts_the_cookies_bind_makes_from_the_limits_across_a_live_rotation
     let _bind = start_bind(
         &pair.server,
         SERVER_V4,
-        &[(ZONE, &zone())],
+        &[(EXAMPLE_ZONE, &example_zone())],
         &[NEXT_SECRET, SECRET],
         &dir.path().join("bind-rotated"),
     )
