@@ -121,7 +121,8 @@ counters! {
     SourcesCreated => "sources_created",
     /// Queries passed unlimited because no bucket could be stored for their source.
     TableFull => "table_full",
-    /// Queries refused after their bucket changed under them too many times in a row.
+    /// Queries refused after their bucket (or the server budget) changed under them too
+    /// many times in a row: other CPUs kept admitting.
     RateContended => "rate_contended",
     /// Rate-limited UDP queries answered with a truncated reply (TC=1) instead of dropped.
     Slipped => "slipped",
