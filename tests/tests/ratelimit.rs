@@ -391,13 +391,14 @@ fn one_source_from_every_cpu_stays_within_burst_plus_rate() {
     while round < 3 {
         let before = tat(&mut harness);
         let run = from_every_cpu(&mut harness, &frame, 1_500_000);
-        if before <= run.started_ns {
-            // The test waited for a CPU longer than the burst lasts (a loaded machine):
-            // the bucket refilled and this round proves nothing. Busy it again.
+        if before <= run.started_ns || run.limited <= run.passed {
+            // The test waited for a CPU longer than the burst lasts, or ran slower than
+            // the bucket's rate (a loaded machine): the bucket refilled or was not held
+            // at its ceiling, and this round proves nothing. Busy it again.
             refills += 1;
             assert!(
                 refills < 5,
-                "round {round}: the bucket refilled {refills} times"
+                "round {round}: the bucket refilled or was not held at its ceiling {refills} times"
             );
             from_every_cpu(&mut harness, &frame, 1_000_000);
             continue;
@@ -417,10 +418,6 @@ fn one_source_from_every_cpu_stays_within_burst_plus_rate() {
             run.passed <= bound,
             "round {round}: {} admitted, at most {bound}",
             run.passed
-        );
-        assert!(
-            run.limited > run.passed,
-            "round {round}: the bucket was not at its ceiling"
         );
     }
 }
