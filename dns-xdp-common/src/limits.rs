@@ -458,7 +458,10 @@ mod tests {
                 None => false,
             })
             .count();
-        assert_eq!(more, 100, "the rest of the second (1 000 in all), then nothing");
+        assert_eq!(
+            more, 100,
+            "the rest of the second (1 000 in all), then nothing"
+        );
         assert_eq!(
             budget_tolerance(&limit, BUDGET_PROVEN),
             budget_tolerance(&limit, BUDGET_LIGHT) + NS_PER_SEC
