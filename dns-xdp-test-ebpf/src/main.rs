@@ -40,7 +40,8 @@ fn set_source(ctx: &XdpContext, new: u16, port: u16) -> u32 {
     let source_port = (start + SOURCE_PORT) as *mut u16;
     // SAFETY: the three words lie within [data, data + HEADERS), checked against data_end.
     unsafe {
-        source_port.write_unaligned(port | 1024);
+        // Network order: 1024 or more, as the packet-socket sender makes it.
+        source_port.write_unaligned((port | 1024).to_be());
         let old = source.read_unaligned();
         let mut sum = u32::from(!checksum.read_unaligned()) + u32::from(!old) + u32::from(new);
         sum = (sum & 0xffff) + (sum >> 16);
@@ -76,6 +77,63 @@ pub fn flood_few(ctx: XdpContext) -> u32 {
     // The word as it sits in memory: its first byte is the third octet.
     let word = u16::from_ne_bytes([third, (random & 3) as u8 + 1]);
     set_source(&ctx, word, (random >> 16) as u16)
+}
+
+/// Offset of the IPv4 source address in the frame.
+const SOURCE: usize = 14 + 12;
+/// Offset of the IPv4 destination address in the frame.
+const DESTINATION: usize = 14 + 16;
+
+/// A flood from the whole IPv4 unicast space: every frame's source is a random address
+/// with a first octet from 1–126 or 128–223 (never 0/8, 127/8 or 224/3), outside the
+/// destination's /24 (the server's own network), and a random source port. No prefix
+/// (a /24, a /16, even a /8) receives more than a sliver of it. The user-space sender
+/// (`dns_xdp_testkit::flood::random_source`) picks sources the same way.
+#[xdp]
+pub fn flood_random(ctx: XdpContext) -> u32 {
+    // SAFETY: helpers without arguments.
+    let (low, high) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
+    let start = ctx.data();
+    if start + HEADERS > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    // 1..=222 uniformly (multiply-shift), then 127 and above moved up by one.
+    let mut first = 1 + ((u64::from(high) * 222) >> 32) as u8;
+    if first >= 127 {
+        first += 1;
+    }
+    let mut octets = [first, low as u8, (low >> 8) as u8, (low >> 16) as u8];
+    let checksum = (start + IP_CHECKSUM) as *mut u16;
+    let words = [
+        (start + SOURCE) as *mut u16,
+        (start + SOURCE + 2) as *mut u16,
+    ];
+    let source_port = (start + SOURCE_PORT) as *mut u16;
+    // SAFETY: every access lies within [data, data + HEADERS), checked against data_end.
+    unsafe {
+        let destination = (start + DESTINATION) as *const u8;
+        if octets[0] == *destination
+            && octets[1] == *destination.add(1)
+            && octets[2] == *destination.add(2)
+        {
+            octets[2] ^= 1;
+        }
+        source_port.write_unaligned((high as u16 | 1024).to_be());
+        // RFC 1624 over both words of the address: HC' = ~(~HC + ~m0 + m0' + ~m1 + m1').
+        let new = [
+            u16::from_ne_bytes([octets[0], octets[1]]),
+            u16::from_ne_bytes([octets[2], octets[3]]),
+        ];
+        let mut sum = u32::from(!checksum.read_unaligned());
+        for (word, new) in words.into_iter().zip(new) {
+            sum += u32::from(!word.read_unaligned()) + u32::from(new);
+            word.write_unaligned(new);
+        }
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        checksum.write_unaligned(!(sum as u16));
+    }
+    xdp_action::XDP_TX
 }
 
 /// The cost of running any XDP program at all: the micro-benchmark's baseline.

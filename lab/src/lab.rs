@@ -2,10 +2,11 @@
 //! a server namespace running NSD behind a veth, a client namespace running dnsperf and
 //! the flood generator, firewall configurations, and the counters read around a run.
 //!
-//! Addresses (all from 198.18.0.0/15, the benchmarking range): server 198.18.0.1, client
-//! 198.18.0.2, concentrated flood 198.18.1.1–4, spoofed flood 198.19.0.0/16. The server
-//! routes 198.18.0.0/15 back through the client, so answers to the flood leave the server
-//! as they would on a real network (and are discarded by the client namespace).
+//! Addresses (from 198.18.0.0/15, the benchmarking range): server 198.18.0.1, client
+//! 198.18.0.2, concentrated flood 198.18.1.1–4, spoofed flood 198.19.0.0/16; the random
+//! flood comes from the whole IPv4 unicast space. The server's default route is the
+//! client, so answers to any flood leave the server as they would on a real network (and
+//! are discarded by the client namespace, which forwards nothing).
 
 use std::{
     fs,
@@ -102,6 +103,11 @@ impl World {
         let cpus = thread::available_parallelism().map_or(1, |n| n.get());
         let Pair { server, client } = Pair::with_queues(("lab-srv", "lab-cli"), 2 * cpus)?;
         server.ip(&["route", "add", "198.18.0.0/15", "via", CLIENT_V4])?;
+        // Answers to the random flood's sources too. Without a route, NSD's sendmmsg
+        // fails (ENETUNREACH) for the whole batch and NSD logs an error line per batch;
+        // and with rp_filter on (inherited from the host), the stack would drop the
+        // flood after XDP, before NSD. With it the flood is answered like the others.
+        server.ip(&["route", "add", "default", "via", CLIENT_V4])?;
         for cpu in 0..cpus {
             let mask = format!("{:x}", 1u64 << cpu.min(63));
             let path = format!("/sys/class/net/{LINK}/queues/tx-{}/xps_cpus", cpus + cpu);
@@ -142,7 +148,7 @@ impl World {
             dst_mac: mac_of(self.server.name(), LINK)?,
             src: match kind {
                 Kind::Concentrated => FEW_BASE,
-                Kind::Spoofed => SPOOFED_BASE,
+                Kind::Spoofed | Kind::Random => SPOOFED_BASE,
             },
             dst: SERVER_V4.parse()?,
             qname: QNAME.to_owned(),
@@ -309,6 +315,10 @@ pub enum Firewall {
     None,
     /// The usual stateful rules, conntrack tracking every query.
     Stateful,
+    /// The stateful rules with DNS over TCP accepted whatever its state, as dns-xdp's
+    /// conntrack bypass needs: its NOTRACK rules leave queries `untracked`, which no
+    /// state rule matches (UDP is accepted statelessly already).
+    StatefulUntracked,
     /// Raw-table NOTRACK for DNS both ways, stateless accepts.
     Notrack,
     /// Notrack plus a per-source hashlimit (rate/s, burst) dropping the excess.
@@ -350,6 +360,10 @@ impl Firewall {
         match self {
             Firewall::None => String::new(),
             Firewall::Stateful => stateful,
+            Firewall::StatefulUntracked => stateful.replace(
+                "-A INPUT -p tcp --dport 53 -m state --state NEW -j ACCEPT\n",
+                "-A INPUT -p tcp --dport 53 -j ACCEPT\n",
+            ),
             Firewall::Notrack => format!("{raw}{}", stateless("")),
             Firewall::Hashlimit { rate, burst } => {
                 let limit = |proto: &str| {
@@ -542,6 +556,23 @@ mod tests {
         assert_eq!((result.sent, result.completed, result.lost), (10, 2, 8));
         assert!((result.p50_ms - 0.1).abs() < 1e-9);
         assert!((result.max_ms - 0.3).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_untracked_rules_accept_dns_over_tcp_statelessly() {
+        let rules = Firewall::StatefulUntracked.rules();
+        assert!(
+            rules.contains("-A INPUT -p tcp --dport 53 -j ACCEPT\n"),
+            "{rules}"
+        );
+        assert!(!rules.contains("--state NEW"), "{rules}");
+        assert_eq!(
+            rules.replace(
+                "-p tcp --dport 53 -j",
+                "-p tcp --dport 53 -m state --state NEW -j"
+            ),
+            Firewall::Stateful.rules()
+        );
     }
 
     #[test]

@@ -32,7 +32,7 @@ use aya::programs::{ProgramError, TestRun, TestRunAttrs, TestRunOptions, Xdp};
 
 use crate::packet::{dns_query, internet_checksum};
 
-/// The two kinds of flood.
+/// The kinds of flood.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     /// Four sources (the base address with last octet 1 to 4), each far above any
@@ -40,6 +40,10 @@ pub enum Kind {
     Concentrated,
     /// Up to 65 536 spoofed sources (the base address's /16, low 16 bits random).
     Spoofed,
+    /// Spoofed sources from the whole IPv4 unicast space (`random_source`: no 0/8,
+    /// 127/8, 224/3, nor the destination's /24; the base address is not used), so no
+    /// prefix of any length concentrates it.
+    Random,
 }
 
 impl Kind {
@@ -47,6 +51,7 @@ impl Kind {
         match self {
             Kind::Concentrated => "flood_few",
             Kind::Spoofed => "flood_spoofed",
+            Kind::Random => "flood_random",
         }
     }
 
@@ -54,6 +59,7 @@ impl Kind {
         match self {
             Kind::Concentrated => "concentrated",
             Kind::Spoofed => "spoofed",
+            Kind::Random => "random",
         }
     }
 }
@@ -68,7 +74,8 @@ pub struct Spec {
     pub iface: String,
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
-    /// Source address the program varies (its /16 or its last octet).
+    /// Source address the program varies (its /16 or its last octet; unused by
+    /// `Kind::Random`, whose sources are the whole unicast space).
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
     /// The name asked for.
@@ -373,7 +380,7 @@ impl PacketSocket {
                 self.random ^= self.random << 13;
                 self.random ^= self.random >> 7;
                 self.random ^= self.random << 17;
-                spoof(frame, self.kind, self.random as u32);
+                spoof(frame, self.kind, self.random);
             }
             let mut iovecs: Vec<libc::iovec> = self.batch[..frames]
                 .iter_mut()
@@ -417,17 +424,46 @@ impl PacketSocket {
 }
 
 /// Sets the source of `frame` (the `template`'s layout) as the XDP flood programs do:
-/// any address of the base's /16 (`Spoofed`) or last octet 1 to 4 (`Concentrated`),
-/// a random source port of 1024 or more, the IPv4 checksum recomputed.
-fn spoof(frame: &mut [u8], kind: Kind, random: u32) {
-    match kind {
-        Kind::Spoofed => frame[28..30].copy_from_slice(&(random as u16).to_be_bytes()),
-        Kind::Concentrated => frame[29] = (random & 3) as u8 + 1,
-    }
-    frame[34..36].copy_from_slice(&((random >> 16) as u16 | 1024).to_be_bytes());
+/// any address of the base's /16 (`Spoofed`), last octet 1 to 4 (`Concentrated`) or
+/// any unicast address outside the destination's /24 (`Random`, `random_source`), a
+/// random source port of 1024 or more, the IPv4 checksum recomputed.
+fn spoof(frame: &mut [u8], kind: Kind, random: u64) {
+    let (low, high) = (random as u32, (random >> 32) as u32);
+    let port = match kind {
+        Kind::Spoofed => {
+            frame[28..30].copy_from_slice(&(low as u16).to_be_bytes());
+            (low >> 16) as u16
+        }
+        Kind::Concentrated => {
+            frame[29] = (low & 3) as u8 + 1;
+            (low >> 16) as u16
+        }
+        Kind::Random => {
+            let destination = [frame[30], frame[31], frame[32]];
+            frame[26..30].copy_from_slice(&random_source(low, high, destination));
+            high as u16
+        }
+    };
+    frame[34..36].copy_from_slice(&(port | 1024).to_be_bytes());
     frame[24..26].fill(0);
     let checksum = internet_checksum(&frame[14..34]);
     frame[24..26].copy_from_slice(&checksum.to_be_bytes());
+}
+
+/// A source of the random flood from two random words, as `flood_random` (the XDP
+/// program) picks it: the first octet uniform over 1–126 and 128–223 (`high`,
+/// multiply-shift), the other three `low`'s low bytes; an address inside `avoid` (the
+/// first three octets of the server's /24) has its third octet's low bit flipped.
+pub fn random_source(low: u32, high: u32, avoid: [u8; 3]) -> [u8; 4] {
+    let mut first = 1 + ((u64::from(high) * 222) >> 32) as u8;
+    if first >= 127 {
+        first += 1;
+    }
+    let mut octets = [first, low as u8, (low >> 8) as u8, (low >> 16) as u8];
+    if octets[..3] == avoid {
+        octets[2] ^= 1;
+    }
+    octets
 }
 
 fn send(
@@ -547,5 +583,73 @@ mod tests {
         };
         assert_eq!(udp.destination_port(), 53);
         assert_eq!(udp.checksum(), 0);
+    }
+
+    #[test]
+    fn random_sources_are_unicast_outside_the_servers_network() {
+        let avoid = [198, 18, 0];
+        let mut firsts = [0u32; 256];
+        let mut random = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..1_000_000 {
+            random ^= random << 13;
+            random ^= random >> 7;
+            random ^= random << 17;
+            let source = random_source(random as u32, (random >> 32) as u32, avoid);
+            assert!(!matches!(source[0], 0 | 127 | 224..), "{source:?}");
+            assert_ne!(source[..3], avoid);
+            firsts[usize::from(source[0])] += 1;
+        }
+        // Every allowed /8 gets its share (1/222 of a million: about 4 500).
+        for (first, count) in firsts.iter().enumerate() {
+            if matches!(first, 0 | 127 | 224..) {
+                assert_eq!(*count, 0);
+            } else {
+                assert!((4000..5000).contains(count), "{first}/8: {count}");
+            }
+        }
+        // The extremes of the random words: the ends of the two unicast ranges.
+        assert_eq!(random_source(0, 0, avoid)[0], 1);
+        assert_eq!(random_source(0, u32::MAX, avoid)[0], 223);
+        assert_eq!(
+            random_source(0, (126u64 << 32).div_ceil(222) as u32, avoid)[0],
+            128
+        );
+        // The server's own /24 is avoided.
+        assert_eq!(
+            random_source(0x0007_0012, (196u64 << 32).div_ceil(222) as u32, avoid),
+            [198, 18, 1, 7]
+        );
+    }
+
+    #[test]
+    fn the_packet_socket_spoofs_a_random_source_with_a_valid_checksum() {
+        let spec = Spec {
+            kind: Kind::Random,
+            netns: String::new(),
+            iface: String::new(),
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: [2, 0, 0, 0, 0, 2],
+            src: Ipv4Addr::new(198, 19, 0, 0),
+            dst: Ipv4Addr::new(198, 18, 0, 1),
+            qname: "www.lab.example".into(),
+            rate: None,
+            threads: 1,
+        };
+        let mut frame = template(&spec);
+        spoof(&mut frame, Kind::Random, 0x1234_5678_9abc_def0);
+        let packet = etherparse::SlicedPacket::from_ethernet(&frame).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(ip)) = packet.net else {
+            panic!("not IPv4");
+        };
+        let header = ip.header().to_header();
+        assert_eq!(header.calc_header_checksum(), header.header_checksum);
+        assert_eq!(
+            header.source,
+            random_source(0x9abc_def0, 0x1234_5678, [198, 18, 0])
+        );
+        let Some(etherparse::TransportSlice::Udp(udp)) = packet.transport else {
+            panic!("not UDP");
+        };
+        assert_eq!(udp.source_port(), 0x5678 | 1024);
     }
 }

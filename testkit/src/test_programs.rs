@@ -11,7 +11,7 @@ static TEST_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// micro-benchmark's baseline.
 pub const XDP_PASS_PROGRAM: &str = "xdp_pass";
 /// The flood generators (live-frames BPF_PROG_TEST_RUN).
-pub const FLOOD_PROGRAMS: [&str; 2] = ["flood_spoofed", "flood_few"];
+pub const FLOOD_PROGRAMS: [&str; 3] = ["flood_spoofed", "flood_few", "flood_random"];
 
 /// The embedded object, or an error naming what was missing when it was built.
 pub fn test_object() -> anyhow::Result<&'static [u8]> {

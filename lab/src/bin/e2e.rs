@@ -1,7 +1,8 @@
 //! End-to-end benchmark (`cargo xtask bench`, after the micro-benchmark): the same
 //! workloads against iptables configurations and dns-xdp, on the lab's namespaces.
 //!
-//! `e2e [OUT_DIR] [--seconds S] [--quick]`: writes e2e.md, e2e.json and e2e.svg to OUT_DIR
+//! `e2e [OUT_DIR] [--seconds S] [--legit-rate QPS] [--only CONFIG]... [--random-only]
+//! [--budget QPS] [--budget-burst N]`: writes e2e.md, e2e.json and e2e.svg to OUT_DIR
 //! (default target/bench). Needs root. Fails (non-zero exit) if any configuration did not
 //! complete all its points.
 //!
@@ -9,17 +10,28 @@
 //! - `stateful`: INPUT policy DROP, conntrack state rules, `--dport 53 -j ACCEPT`;
 //! - `notrack`: raw-table NOTRACK both ways, stateless accepts;
 //! - `hashlimit`: notrack + per-source hashlimit above 10/s burst 20 → DROP;
-//! - `dns-xdp`: the stateful rules + dns-xdp --rate 10/s --burst 20 --levels none (its
-//!   conntrack bypass on);
+//! - `dns-xdp`: the stateful rules, DNS over TCP accepted whatever its state (its
+//!   conntrack bypass leaves it untracked) + dns-xdp --rate 10/s --burst 20 --levels none;
 //! - `dns-xdp+levels+budget`: the same with --levels auto and --budget (the legit maximum
-//!   measured first with no firewall).
+//!   measured first with no firewall, unless set with `--budget`).
 //!
 //! The measuring client (198.18.0.2) is exempt from the per-source limits (hashlimit:
 //! an ACCEPT before the limit; dns-xdp: --allow), as a known resolver would be.
 //! Workloads: (a) dnsperf alone, as fast as it goes; (b) dnsperf at a fixed rate + a
 //! concentrated flood (4 sources); (c) dnsperf at the same rate + a spoofed flood (65 536
-//! sources of 198.19.0.0/16, random ports); floods at fixed offered rates and at the
-//! generator's maximum.
+//! sources of 198.19.0.0/16, random ports); (d) dnsperf at the same rate + a random
+//! flood (sources from the whole IPv4 unicast space: no prefix level concentrates it,
+//! only the budget can act); floods at fixed offered rates and at the generator's maximum,
+//! (d) also at rates past ten times the budget.
+//!
+//! In (d), `dns-xdp+levels+budget` runs twice, the client not allow-listed (an
+//! allow-listed client bypasses the budget): "proven" (default --proof-ttl; before each
+//! point the client makes one TCP query, which proves its address) and "unproven"
+//! (--proof-ttl 0, no TCP). Its per-source rate is raised there to twice the legit rate
+//! (levels auto: 4x and 32x that), so the one measuring client, which stands for many,
+//! is not refused by a per-source bucket; the random flood's sources, each sending a
+//! packet or so, are light at any of these rates. `dns-xdp` keeps its allow-listed
+//! client in (d): it has no budget to bypass.
 
 use std::{
     fmt::Write as _,
@@ -32,13 +44,14 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use dns_xdp_lab::lab::{
-    Dnsperf, Firewall, Snapshot, World, catch_interrupts, dns_xdp_binary, finish_dnsperf,
+    Dnsperf, Firewall, QNAME, Snapshot, World, catch_interrupts, dns_xdp_binary, finish_dnsperf,
     interrupted, start_dnsperf, start_nsd, user_hz,
 };
 use dns_xdp_testkit::{
     flood::{Flood, Kind},
     loader::{BpfFs, Loader},
-    netns::{CLIENT_V4, LINK},
+    netns::{CLIENT_V4, LINK, SERVER_V4},
+    process::output,
 };
 use serde_json::{Value, json};
 
@@ -50,6 +63,37 @@ const FLOOD_RATES: &[Option<u64>] = &[
     None,
 ];
 
+/// The random flood's offered rates: the other floods' fixed rates, then 500k and at
+/// least ten times the budget (1M, or more for a budget over 100 000/s), then the
+/// generator's maximum.
+fn random_rates(budget: u64) -> Vec<Option<u64>> {
+    let tenfold = (budget * 10).div_ceil(100_000) * 100_000;
+    let mut rates: Vec<Option<u64>> = FLOOD_RATES.iter().copied().flatten().map(Some).collect();
+    rates.extend([Some(500_000), Some(tenfold.max(1_000_000)), None]);
+    rates
+}
+
+/// The random flood's workload names: the client as in (b) and (c), then proven and
+/// unproven, not allow-listed (`dns-xdp+levels+budget`).
+const RANDOM: &str = "(d) legit + random flood";
+const RANDOM_PROVEN: &str = "(d) legit + random flood, client proven (TCP)";
+const RANDOM_UNPROVEN: &str = "(d) legit + random flood, client unproven";
+
+/// dns-xdp counters whose change over a point is reported with it (the budget's
+/// decisions, proofs, refusals, slips).
+const XDP_COUNTERS: &[&str] = &[
+    "allowed",
+    "rate_passed",
+    "rate_limited",
+    "budget_served_proven",
+    "budget_served_unproven",
+    "budget_shed_light",
+    "budget_shed_heavy",
+    "budget_shed_proven",
+    "budget_slipped",
+    "slip_capped",
+    "rate_contended",
+];
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Config {
     Stateful,
@@ -80,7 +124,10 @@ impl Config {
 
     fn firewall(self) -> Firewall {
         match self {
-            Config::Stateful | Config::DnsXdp | Config::DnsXdpLevels => Firewall::Stateful,
+            Config::Stateful => Firewall::Stateful,
+            // dns-xdp's NOTRACK rules need DNS over TCP accepted statelessly (the client
+            // proves its address over TCP in (d)); UDP is already.
+            Config::DnsXdp | Config::DnsXdpLevels => Firewall::StatefulUntracked,
             Config::Notrack => Firewall::Notrack,
             Config::Hashlimit => Firewall::Hashlimit {
                 rate: 10,
@@ -93,6 +140,9 @@ impl Config {
 /// One measured point.
 struct Point {
     workload: &'static str,
+    /// (d) in `dns-xdp+levels+budget`: whether the client proved its address (not
+    /// allow-listed either way); `None` elsewhere.
+    proof: Option<bool>,
     flood: Option<Kind>,
     offered: Option<u64>,
     flood_sent_rate: f64,
@@ -104,6 +154,9 @@ struct Point {
     after: Snapshot,
     xdp_dropped: u64,
     xdp_packets: u64,
+    /// dns-xdp's `XDP_COUNTERS` over the point, `proved_tcp` (egress) and the
+    /// `proven_sources` at its end; `Value::Null` without dns-xdp.
+    xdp_counters: Value,
 }
 
 impl Point {
@@ -144,6 +197,7 @@ impl Point {
         let [ring, xdp, netfilter, conntrack, socket] = self.drops_per_second();
         json!({
             "workload": self.workload,
+            "client_proven": self.proof,
             "flood": self.flood.map(Kind::name),
             "offered_pps": self.offered,
             "flood_sent_pps": self.flood_sent_rate,
@@ -167,7 +221,23 @@ impl Point {
             "conntrack_drop": self.delta.conntrack_drop,
             "conntrack_early_drop": self.delta.conntrack_early_drop,
             "conntrack_insert_failed": self.delta.conntrack_insert_failed,
+            "xdp_counters": self.xdp_counters,
         })
+    }
+
+    /// A dns-xdp counter's change over the point (0 without dns-xdp).
+    fn xdp(&self, name: &str) -> u64 {
+        self.xdp_counters[name].as_u64().unwrap_or(0)
+    }
+
+    /// The row name of its configuration in the tables: the configuration, and for (d)
+    /// in `dns-xdp+levels+budget` whether the client was proven.
+    fn row(&self, config: Config) -> String {
+        match self.proof {
+            None => config.name().to_owned(),
+            Some(true) => format!("{} (client proven)", config.name()),
+            Some(false) => format!("{} (client unproven)", config.name()),
+        }
     }
 }
 
@@ -205,6 +275,7 @@ fn xdp_dropped(report: &Value) -> u64 {
         "denied",
         "budget_shed_heavy",
         "budget_shed_light",
+        "budget_shed_proven",
         "not_query_short",
         "not_query_response",
         "not_query_opcode",
@@ -215,17 +286,78 @@ fn xdp_dropped(report: &Value) -> u64 {
     .sum()
 }
 
+/// What `XDP_COUNTERS` did between two reports, with `proved_tcp` (egress) and the
+/// proven sources at the second.
+fn xdp_counters(before: &Value, after: &Value) -> Value {
+    let mut counters: serde_json::Map<String, Value> = XDP_COUNTERS
+        .iter()
+        .map(|&name| {
+            let count = |report: &Value| report["counters"][name].as_u64().unwrap_or(0);
+            (
+                name.to_owned(),
+                json!(count(after).saturating_sub(count(before))),
+            )
+        })
+        .collect();
+    let proved = |report: &Value| report["egress"]["proved_tcp"].as_u64().unwrap_or(0);
+    counters.insert(
+        "proved_tcp".into(),
+        json!(proved(after).saturating_sub(proved(before))),
+    );
+    counters.insert("proven_sources".into(), after["proven_sources"].clone());
+    counters.into()
+}
+
 struct Bench {
     world: World,
     seconds: u64,
     legit_rate: u64,
+    budget: u64,
+    /// Whether `budget` was set on the command line rather than calibrated.
+    budget_set: bool,
+    /// `--budget-burst` for dns-xdp; 0: its default (a tenth of a second of the budget).
+    budget_burst: u64,
+    random_rates: Vec<Option<u64>>,
+    random_only: bool,
 }
 
 impl Bench {
+    /// The client proves its address: one query over TCP (dig), which makes the server
+    /// send it TCP data; then waits for dns-xdp's report to count a proven source.
+    fn prove(&self, loader: &mut Loader) -> anyhow::Result<()> {
+        let answer = output(self.world.client.command("dig").args([
+            "+tcp",
+            "+short",
+            "+tries=1",
+            "+time=2",
+            &format!("@{SERVER_V4}"),
+            QNAME,
+        ]))
+        .context("the client's TCP query (its proof)")?;
+        anyhow::ensure!(
+            answer.trim() == "198.18.0.80",
+            "the client's TCP query was not answered: {answer:?}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let report = loader.latest_json(Duration::from_secs(3))?;
+            if report["proven_sources"].as_u64().unwrap_or(0) >= 1 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "dns-xdp counts no proven source after the client's TCP query: proved_tcp {}",
+                    report["egress"]["proved_tcp"]
+                );
+            }
+        }
+    }
+
     fn point(
         &self,
         loader: &mut Option<Loader>,
         workload: &'static str,
+        proof: Option<bool>,
         flood: Option<Kind>,
         offered: Option<u64>,
         legit_rate: Option<u64>,
@@ -234,6 +366,9 @@ impl Bench {
             bail!("interrupted");
         }
         let _ = self.world.in_server("conntrack", &["-F"]);
+        if let (Some(true), Some(loader)) = (proof, loader.as_mut()) {
+            self.prove(loader)?;
+        }
         thread::sleep(Duration::from_millis(300));
         let xdp_before = match loader {
             Some(loader) => Some(loader.latest_json(Duration::from_secs(3))?),
@@ -251,7 +386,7 @@ impl Bench {
         let seconds = started.elapsed().as_secs_f64();
         let after = Snapshot::take(&self.world)?;
         let legit = legit?;
-        let (xdp_dropped, xdp_packets) = match (loader, xdp_before) {
+        let (xdp_dropped, xdp_packets, xdp_counters) = match (loader, xdp_before) {
             (Some(loader), Some(before)) => {
                 thread::sleep(Duration::from_millis(600));
                 let now = loader.latest_json(Duration::from_secs(3))?;
@@ -261,12 +396,14 @@ impl Bench {
                         .as_u64()
                         .unwrap_or(0)
                         .saturating_sub(before["counters"]["packets"].as_u64().unwrap_or(0)),
+                    xdp_counters(&before, &now),
                 )
             }
-            _ => (0, 0),
+            _ => (0, 0, Value::Null),
         };
         let point = Point {
             workload,
+            proof,
             flood,
             offered,
             flood_sent_rate: flood_report.map_or(0.0, |report| report.rate()),
@@ -277,6 +414,7 @@ impl Bench {
             after,
             xdp_dropped,
             xdp_packets,
+            xdp_counters,
         };
         let [ring, xdp, netfilter, conntrack, socket] = point.drops_per_second();
         println!(
@@ -296,10 +434,29 @@ impl Bench {
             point.softirq_seconds(),
             point.after.conntrack_entries,
         );
+        if !point.xdp_counters.is_null() {
+            let per_second = |name: &str| point.per_second(point.xdp(name));
+            println!(
+                "  {:<32} dns-xdp/s: budget served proven {:.0} unproven {:.0}, shed {:.0} (proven {:.0}), slipped {:.0} | rate-limited {:.0} contended {:.0} allowed {:.0} | proved_tcp {} proven sources {}",
+                "",
+                per_second("budget_served_proven"),
+                per_second("budget_served_unproven"),
+                per_second("budget_shed_light") + per_second("budget_shed_heavy"),
+                per_second("budget_shed_proven"),
+                per_second("budget_slipped"),
+                per_second("rate_limited"),
+                per_second("rate_contended"),
+                per_second("allowed"),
+                point.xdp("proved_tcp"),
+                point.xdp("proven_sources"),
+            );
+        }
         Ok(point)
     }
 
-    fn attach(&self, bpffs: &BpfFs, extra: &[&str]) -> anyhow::Result<Loader> {
+    /// `dns-xdp attach` in the server namespace with `extra` options, the client
+    /// allow-listed if `allow_client`.
+    fn attach(&self, bpffs: &BpfFs, allow_client: bool, extra: &[&str]) -> anyhow::Result<Loader> {
         let binary = dns_xdp_binary()?;
         let mut command = self
             .world
@@ -315,7 +472,11 @@ impl Bench {
                 "0.5",
             ])
             .args(["--metrics-addr", "off", "--top", "3"])
-            .args(["--allow", &format!("{CLIENT_V4}/32")])
+            .args(if allow_client {
+                vec!["--allow".to_owned(), format!("{CLIENT_V4}/32")]
+            } else {
+                Vec::new()
+            })
             .arg(bpffs.arg())
             .args(extra)
             .process_group(0);
@@ -326,36 +487,82 @@ impl Bench {
         Ok(loader)
     }
 
-    fn run_config(&self, config: Config, budget: Option<u64>) -> anyhow::Result<Vec<Point>> {
+    /// dns-xdp's budget options in `dns-xdp+levels+budget`.
+    fn budget_args(&self) -> Vec<String> {
+        let mut args = vec!["--budget".to_owned(), self.budget.to_string()];
+        if self.budget_burst > 0 {
+            args.extend(["--budget-burst".to_owned(), self.budget_burst.to_string()]);
+        }
+        args
+    }
+
+    /// The points a configuration makes: (a), (b) and (c) at every flood rate (unless
+    /// `random_only`), (d) at every random rate, twice for `dns-xdp+levels+budget`.
+    fn expected_points(&self, config: Config) -> usize {
+        let floods = if self.random_only {
+            0
+        } else {
+            2 * FLOOD_RATES.len()
+        };
+        let random_runs = if config == Config::DnsXdpLevels { 2 } else { 1 };
+        1 + floods + random_runs * self.random_rates.len()
+    }
+
+    fn run_config(&self, config: Config) -> anyhow::Result<Vec<Point>> {
         println!("\nconfiguration {}", config.name());
         config.firewall().apply(&self.world)?;
         let bpffs = BpfFs::new()?;
-        let budget_text = budget.unwrap_or(0).to_string();
+        let budget_args = self.budget_args();
+        let budget_args: Vec<&str> = budget_args.iter().map(String::as_str).collect();
         let mut loader = match config {
             Config::DnsXdp => Some(self.attach(
                 &bpffs,
+                true,
                 &["--rate", "10/s", "--burst", "20", "--levels", "none"],
             )?),
-            Config::DnsXdpLevels => {
-                let mut extra = vec!["--rate", "10/s", "--burst", "20", "--levels", "auto"];
-                if budget.is_some() {
-                    extra.extend(["--budget", &budget_text]);
-                }
-                Some(self.attach(&bpffs, &extra)?)
-            }
+            Config::DnsXdpLevels => Some(
+                self.attach(
+                    &bpffs,
+                    true,
+                    &[
+                        &["--rate", "10/s", "--burst", "20", "--levels", "auto"],
+                        &budget_args[..],
+                    ]
+                    .concat(),
+                )?,
+            ),
             _ => None,
         };
-        let mut points = vec![self.point(&mut loader, "(a) legit only, max", None, None, None)?];
-        for kind in [Kind::Concentrated, Kind::Spoofed] {
+        let mut points =
+            vec![self.point(&mut loader, "(a) legit only, max", None, None, None, None)?];
+        let floods: &[Kind] = if self.random_only {
+            &[]
+        } else {
+            &[Kind::Concentrated, Kind::Spoofed]
+        };
+        for &kind in floods {
             let workload = match kind {
                 Kind::Concentrated => "(b) legit + concentrated flood",
-                Kind::Spoofed => "(c) legit + spoofed flood",
+                _ => "(c) legit + spoofed flood",
             };
             for &offered in FLOOD_RATES {
                 points.push(self.point(
                     &mut loader,
                     workload,
+                    None,
                     Some(kind),
+                    offered,
+                    Some(self.legit_rate),
+                )?);
+            }
+        }
+        if config != Config::DnsXdpLevels {
+            for &offered in &self.random_rates {
+                points.push(self.point(
+                    &mut loader,
+                    RANDOM,
+                    None,
+                    Some(Kind::Random),
                     offered,
                     Some(self.legit_rate),
                 )?);
@@ -365,6 +572,50 @@ impl Bench {
             loader
                 .interrupt()
                 .context("dns-xdp did not detach cleanly")?;
+        }
+        if config == Config::DnsXdpLevels {
+            // The client not allow-listed, proven or not: only the budget's tiers set it
+            // apart from the flood (see the module's documentation for the rate).
+            let rate = format!("{}/s", 2 * self.legit_rate);
+            let burst = (2 * self.legit_rate).to_string();
+            for proof in [true, false] {
+                let bpffs = BpfFs::new()?;
+                let mut extra = vec!["--rate", &rate, "--burst", &burst, "--levels", "auto"];
+                extra.extend(&budget_args);
+                if !proof {
+                    extra.extend(["--proof-ttl", "0"]);
+                }
+                println!(
+                    "  dns-xdp {} (client not allow-listed{})",
+                    extra.join(" "),
+                    if proof {
+                        ", proven by a TCP query before each point"
+                    } else {
+                        ", no proof recorded"
+                    }
+                );
+                let mut loader = Some(self.attach(&bpffs, false, &extra)?);
+                let workload = if proof {
+                    RANDOM_PROVEN
+                } else {
+                    RANDOM_UNPROVEN
+                };
+                for &offered in &self.random_rates {
+                    points.push(self.point(
+                        &mut loader,
+                        workload,
+                        Some(proof),
+                        Some(Kind::Random),
+                        offered,
+                        Some(self.legit_rate),
+                    )?);
+                }
+                if let Some(loader) = loader {
+                    loader
+                        .interrupt()
+                        .context("dns-xdp did not detach cleanly")?;
+                }
+            }
         }
         Ok(points)
     }
@@ -386,6 +637,16 @@ struct Args {
     /// Run only these configurations (repeatable), e.g. `--only dns-xdp`.
     #[arg(long)]
     only: Vec<String>,
+    /// Only (a) and the random flood (d): skip the concentrated and spoofed floods.
+    #[arg(long)]
+    random_only: bool,
+    /// The server budget of dns-xdp+levels+budget, queries/s (0: the legit maximum the
+    /// calibration measures).
+    #[arg(long, default_value_t = 0)]
+    budget: u64,
+    /// Its burst, queries (0: dns-xdp's default, a tenth of a second of the budget).
+    #[arg(long, default_value_t = 0)]
+    budget_burst: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -394,6 +655,9 @@ fn main() -> anyhow::Result<()> {
         seconds,
         legit_rate,
         only,
+        random_only,
+        budget,
+        budget_burst,
     } = <Args as clap::Parser>::parse();
     catch_interrupts();
     let started = Instant::now();
@@ -405,26 +669,41 @@ fn main() -> anyhow::Result<()> {
         world,
         seconds,
         legit_rate,
+        budget: 0,
+        budget_set: budget != 0,
+        budget_burst,
+        random_rates: Vec::new(),
+        random_only,
     };
 
-    let ceiling = generator_ceiling(&bench)?;
+    let ceiling = generator_ceiling(&bench, Kind::Spoofed)?;
     println!(
         "flood generator ceiling (spoofed, receiver drops in XDP): {:.0} frames/s offered, {:.0}/s received by the server's veth",
         ceiling.0, ceiling.1
+    );
+    let random_ceiling = generator_ceiling(&bench, Kind::Random)?;
+    println!(
+        "flood generator ceiling (random, receiver drops in XDP): {:.0} frames/s offered, {:.0}/s received by the server's veth",
+        random_ceiling.0, random_ceiling.1
     );
 
     // Calibration: what the server sustains with no firewall (dnsperf as fast as it
     // goes); floods then run against half of it, and the budget is set to it.
     Firewall::None.apply(&bench.world)?;
-    let calibration = bench.point(&mut None, "calibration, legit only", None, None, None)?;
+    let calibration = bench.point(&mut None, "calibration, legit only", None, None, None, None)?;
     if bench.legit_rate == 0 {
         bench.legit_rate =
             ((calibration.legit.qps / 2.0 / 1000.0).round() as u64 * 1000).clamp(1000, 20_000);
     }
-    let budget = calibration.legit.qps.round() as u64;
+    let budget = match budget {
+        0 => calibration.legit.qps.round() as u64,
+        set => set,
+    };
+    bench.budget = budget;
+    bench.random_rates = random_rates(budget);
     println!(
-        "legit rate under floods: {} queries/s; budget {} queries/s",
-        bench.legit_rate, budget
+        "legit rate under floods: {} queries/s; budget {} queries/s; random flood rates {:?}",
+        bench.legit_rate, budget, bench.random_rates
     );
     let mut results: Vec<(Config, Vec<Point>)> = Vec::new();
     let selected: Vec<Config> = Config::ALL
@@ -434,34 +713,44 @@ fn main() -> anyhow::Result<()> {
     anyhow::ensure!(!selected.is_empty(), "--only names no configuration");
     for &config in &selected {
         let points = bench
-            .run_config(config, Some(budget))
+            .run_config(config)
             .with_context(|| format!("configuration {} did not run", config.name()))?;
         results.push((config, points));
     }
     let missing: Vec<_> = selected
         .iter()
         .filter(|config| {
-            !results
-                .iter()
-                .any(|(done, points)| done == *config && points.len() == 1 + 2 * FLOOD_RATES.len())
+            !results.iter().any(|(done, points)| {
+                done == *config && points.len() == bench.expected_points(**config)
+            })
         })
         .map(|config| config.name())
         .collect();
     if !missing.is_empty() {
         bail!("configurations that did not run completely: {missing:?}");
     }
-    write_results(&out_dir, &bench, &results, ceiling, Some(budget), started)?;
+    write_results(
+        &out_dir,
+        &bench,
+        &results,
+        [ceiling, random_ceiling],
+        started,
+    )?;
     Ok(())
 }
 
 /// The generator as fast as it goes into a receiver that drops everything in XDP:
 /// (frames/s sent, frames/s the server's veth received).
-fn generator_ceiling(bench: &Bench) -> anyhow::Result<(f64, f64)> {
+fn generator_ceiling(bench: &Bench, kind: Kind) -> anyhow::Result<(f64, f64)> {
     Firewall::None.apply(&bench.world)?;
     let bpffs = BpfFs::new()?;
-    let loader = bench.attach(&bpffs, &["--deny", "198.19.0.0/16"])?;
+    let deny = match kind {
+        Kind::Random => "0.0.0.0/0",
+        _ => "198.19.0.0/16",
+    };
+    let loader = bench.attach(&bpffs, true, &["--deny", deny])?;
     let before = Snapshot::take(&bench.world)?;
-    let flood = Flood::start(&bench.world.flood_spec(Kind::Spoofed, None)?)?;
+    let flood = Flood::start(&bench.world.flood_spec(kind, None)?)?;
     thread::sleep(Duration::from_secs(3));
     let report = flood.stop()?;
     let after = Snapshot::take(&bench.world)?;
@@ -491,40 +780,65 @@ fn write_results(
     out_dir: &std::path::Path,
     bench: &Bench,
     results: &[(Config, Vec<Point>)],
-    ceiling: (f64, f64),
-    budget: Option<u64>,
+    ceilings: [(f64, f64); 2],
     started: Instant,
 ) -> anyhow::Result<()> {
+    let [ceiling, random_ceiling] = ceilings;
     let mut md = String::new();
     writeln!(
         md,
-        "End-to-end benchmark: {}; {} s per point; legit load (dnsperf, allow-listed client) at {} queries/s under floods; \
-         the flood generator reached {:.2} Mpps offered ({:.2} Mpps received by the server's veth) into an XDP drop; \
-         dns-xdp+levels+budget used --budget {}.\n",
+        "End-to-end benchmark: {}; {} s per point; legit load (dnsperf, one client, allow-listed or exempt except in dns-xdp+levels+budget's (d)) at {} queries/s under floods; \
+         the flood generator reached {:.2} Mpps offered ({:.2} Mpps received by the server's veth) into an XDP drop, {:.2} ({:.2}) with random sources; \
+         dns-xdp+levels+budget used {} ({}); (d) with the client not allow-listed: --rate {}/s --burst {} --levels auto {}, \
+         proven by a TCP query before each point, or --proof-ttl 0.\n",
         machine(),
         bench.seconds,
         bench.legit_rate,
         ceiling.0 / 1e6,
         ceiling.1 / 1e6,
-        budget.map_or("(none)".to_owned(), |b| format!("{b}/s")),
+        random_ceiling.0 / 1e6,
+        random_ceiling.1 / 1e6,
+        bench.budget_args().join(" "),
+        if bench.budget_set {
+            "set with --budget"
+        } else {
+            "the legit maximum of the calibration"
+        },
+        2 * bench.legit_rate,
+        2 * bench.legit_rate,
+        bench.budget_args().join(" "),
     )?;
-    summary(&mut md, results)?;
+    summary(&mut md, results, &bench.random_rates)?;
     writeln!(md, "\nEvery point:\n")?;
     writeln!(
         md,
-        "| configuration | workload | flood offered pps | flood sent pps | veth ring drops/s | legit answered / sent | % of offered legit | p50 ms | p99 ms | XDP drops/s | netfilter drops/s | conntrack full drops/s | socket drops/s | softirq CPU s | conntrack entries |"
+        "| configuration | workload | flood offered pps | flood sent pps | veth ring drops/s | legit answered / sent | % of offered legit | p50 ms | p99 ms | XDP drops/s | netfilter drops/s | conntrack full drops/s | socket drops/s | softirq CPU s | conntrack entries | budget served proven/s | served unproven/s | shed/s | slipped/s |"
     )?;
     writeln!(
         md,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )?;
     let mut json_results = Vec::new();
     for (config, points) in results {
         for point in points {
             let [ring, xdp, netfilter, conntrack, socket] = point.drops_per_second();
+            let budget = if point.xdp_counters.is_null() {
+                "- | - | - | -".to_owned()
+            } else {
+                let per_second = |name: &str| point.per_second(point.xdp(name));
+                format!(
+                    "{:.0} | {:.0} | {:.0} | {:.0}",
+                    per_second("budget_served_proven"),
+                    per_second("budget_served_unproven"),
+                    per_second("budget_shed_light")
+                        + per_second("budget_shed_heavy")
+                        + per_second("budget_shed_proven"),
+                    per_second("budget_slipped"),
+                )
+            };
             writeln!(
                 md,
-                "| {} | {} | {} | {:.0} | {ring:.0} | {}/{} | {:.1} | {:.2} | {:.2} | {xdp:.0} | {netfilter:.0} | {conntrack:.0} | {socket:.0} | {:.2} | {} |",
+                "| {} | {} | {} | {:.0} | {ring:.0} | {}/{} | {:.1} | {:.2} | {:.2} | {xdp:.0} | {netfilter:.0} | {conntrack:.0} | {socket:.0} | {:.2} | {} | {budget} |",
                 config.name(),
                 point.workload,
                 match (point.flood, point.offered) {
@@ -558,50 +872,110 @@ fn write_results(
         "machine": machine(),
         "seconds_per_point": bench.seconds,
         "legit_rate": bench.legit_rate,
-        "budget": budget,
+        "budget": bench.budget,
+        "budget_calibrated": !bench.budget_set,
+        "budget_burst": (bench.budget_burst > 0).then_some(bench.budget_burst),
+        "random_rates": bench.random_rates,
+        "unlisted_rate": 2 * bench.legit_rate,
         "generator_ceiling_pps": {"sent": ceiling.0, "received": ceiling.1},
+        "generator_ceiling_random_pps": {"sent": random_ceiling.0, "received": random_ceiling.1},
         "points": json_results,
     });
     fs::write(
         out_dir.join("e2e.json"),
         serde_json::to_string_pretty(&json)?,
     )?;
-    fs::write(out_dir.join("e2e.svg"), chart(results)?)?;
+    fs::write(
+        out_dir.join("e2e.svg"),
+        chart(results, &bench.random_rates)?,
+    )?;
     println!("\n{md}");
     println!("written to {}", out_dir.join("e2e.{md,json,svg}").display());
     Ok(())
 }
 
-/// The headline tables: legit answered (% of offered) and p99 latency by flood rate, and
-/// where the flood was dropped at 200 000 pps.
-fn summary(md: &mut String, results: &[(Config, Vec<Point>)]) -> std::fmt::Result {
-    let rate_name =
-        |offered: Option<u64>| offered.map_or("max".to_owned(), |r| format!("{}k", r / 1000));
-    for (kind, title) in [
+/// A flood rate as a column name: 25k, 1M, max.
+fn rate_name(offered: Option<u64>) -> String {
+    match offered {
+        None => "max".to_owned(),
+        Some(rate) if rate >= 1_000_000 && rate % 100_000 == 0 => {
+            format!("{}M", rate as f64 / 1e6)
+        }
+        Some(rate) => format!("{}k", rate / 1000),
+    }
+}
+
+/// The flood panels and tables: kind, title, offered rates.
+fn floods(random_rates: &[Option<u64>]) -> [(Kind, &'static str, Vec<Option<u64>>); 3] {
+    [
         (
             Kind::Concentrated,
             "(b) legit + concentrated flood (4 sources)",
+            FLOOD_RATES.to_vec(),
         ),
-        (Kind::Spoofed, "(c) legit + spoofed flood (65 536 sources)"),
-    ] {
+        (
+            Kind::Spoofed,
+            "(c) legit + spoofed flood (65 536 sources)",
+            FLOOD_RATES.to_vec(),
+        ),
+        (
+            Kind::Random,
+            "(d) legit + random flood (sources from the whole IPv4 unicast space)",
+            random_rates.to_vec(),
+        ),
+    ]
+}
+
+/// The rows of a flood's table or chart: (row name, its points of that flood), one per
+/// configuration and, for (d) in `dns-xdp+levels+budget`, per proof.
+fn rows(results: &[(Config, Vec<Point>)], kind: Kind) -> Vec<(Config, String, Vec<&Point>)> {
+    let mut rows = Vec::new();
+    for (config, points) in results {
+        for proof in [None, Some(true), Some(false)] {
+            let chosen: Vec<&Point> = points
+                .iter()
+                .filter(|point| point.flood == Some(kind) && point.proof == proof)
+                .collect();
+            if let Some(first) = chosen.first() {
+                rows.push((*config, first.row(*config), chosen));
+            }
+        }
+    }
+    rows
+}
+
+/// The headline tables: legit answered (% of offered) and p99 latency by flood rate for
+/// each flood, the random flood's proven and unproven runs side by side, and where the
+/// flood was dropped at 200 000 pps.
+fn summary(
+    md: &mut String,
+    results: &[(Config, Vec<Point>)],
+    random_rates: &[Option<u64>],
+) -> std::fmt::Result {
+    for (kind, title, rates) in floods(random_rates) {
+        let rows = rows(results, kind);
+        if rows.is_empty() {
+            continue;
+        }
         writeln!(
             md,
             "{title}: legit answered, % of offered (p99 latency ms)\n"
         )?;
         let mut header = "| configuration | (a) no flood, max qps |".to_owned();
         let mut rule = "|---|---:|".to_owned();
-        for &offered in FLOOD_RATES {
+        for &offered in &rates {
             header.push_str(&format!(" {} |", rate_name(offered)));
             rule.push_str("---:|");
         }
         writeln!(md, "{header}\n{rule}")?;
-        for (config, points) in results {
-            let max_qps = points
+        for (config, name, points) in rows {
+            let max_qps = results
                 .iter()
-                .find(|point| point.flood.is_none())
+                .find(|(done, _)| *done == config)
+                .and_then(|(_, points)| points.iter().find(|point| point.flood.is_none()))
                 .map_or(0.0, |point| point.legit.qps);
-            let mut row = format!("| {} | {max_qps:.0} |", config.name());
-            for point in points.iter().filter(|point| point.flood == Some(kind)) {
+            let mut row = format!("| {name} | {max_qps:.0} |");
+            for point in points {
                 row.push_str(&format!(
                     " {:.1} ({:.0}) |",
                     point.answered_pct(),
@@ -612,6 +986,7 @@ fn summary(md: &mut String, results: &[(Config, Vec<Point>)]) -> std::fmt::Resul
         }
         writeln!(md)?;
     }
+    proof_table(md, results)?;
     writeln!(
         md,
         "Where the flood went at 200k offered (per second: lost in the veth ring / dropped in XDP / by netfilter rules / by conntrack, table full / at the socket, receive buffer full; server softirq CPU seconds over the point)\n"
@@ -626,7 +1001,7 @@ fn summary(md: &mut String, results: &[(Config, Vec<Point>)]) -> std::fmt::Resul
             writeln!(
                 md,
                 "| {} | {} | {ring:.0} | {xdp:.0} | {netfilter:.0} | {conntrack:.0} | {socket:.0} | {:.2} | {} |",
-                config.name(),
+                point.row(*config),
                 point.flood.map_or("-", Kind::name),
                 point.softirq_seconds(),
                 point.after.conntrack_entries,
@@ -636,55 +1011,133 @@ fn summary(md: &mut String, results: &[(Config, Vec<Point>)]) -> std::fmt::Resul
     Ok(())
 }
 
-/// Legit answered (%) against offered flood rate, one line per configuration, one panel
-/// per flood kind, drawn with plotters into an SVG document.
-fn chart(results: &[(Config, Vec<Point>)]) -> anyhow::Result<String> {
+/// (d) in `dns-xdp+levels+budget`, the client proven and unproven side by side: legit
+/// answered, the flood actually sent, and what the budget did with both.
+fn proof_table(md: &mut String, results: &[(Config, Vec<Point>)]) -> std::fmt::Result {
+    let runs = |proof: bool| -> Vec<&Point> {
+        results
+            .iter()
+            .flat_map(|(_, points)| points)
+            .filter(|point| point.flood == Some(Kind::Random) && point.proof == Some(proof))
+            .collect()
+    };
+    let (proven, unproven) = (runs(true), runs(false));
+    if proven.is_empty() && unproven.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        md,
+        "(d) random flood, dns-xdp+levels+budget with the client not allow-listed: legit answered, % of offered (p99 ms), \
+         proven (one TCP query before the point) and unproven (--proof-ttl 0), and the budget's decisions per second \
+         (served while pressed: proven / unproven; shed; slipped, TC=1)\n"
+    )?;
+    writeln!(
+        md,
+        "| flood offered | flood sent pps, proven run | legit answered, proven | legit answered, unproven | flood sent pps, unproven run | proven run: served proven / unproven, shed, slipped | unproven run: served unproven, shed, slipped |\n\
+         |---|---:|---:|---:|---:|---|---|"
+    )?;
+    for index in 0..proven.len().max(unproven.len()) {
+        let (with, without) = (proven.get(index), unproven.get(index));
+        let offered = with.or(without).map_or(Some(0), |point| point.offered);
+        let answered = |point: Option<&&Point>| {
+            point.map_or("-".to_owned(), |point| {
+                format!("{:.1} ({:.0})", point.answered_pct(), point.legit.p99_ms)
+            })
+        };
+        let sent = |point: Option<&&Point>| {
+            point.map_or("-".to_owned(), |point| {
+                format!("{:.0}", point.flood_sent_rate)
+            })
+        };
+        let per_second = |point: &Point, names: &[&str]| -> f64 {
+            names
+                .iter()
+                .map(|name| point.per_second(point.xdp(name)))
+                .sum()
+        };
+        let shed = [
+            "budget_shed_light",
+            "budget_shed_heavy",
+            "budget_shed_proven",
+        ];
+        let budget_with = with.map_or("-".to_owned(), |point| {
+            format!(
+                "{:.0} / {:.0}, {:.0}, {:.0}",
+                per_second(point, &["budget_served_proven"]),
+                per_second(point, &["budget_served_unproven"]),
+                per_second(point, &shed),
+                per_second(point, &["budget_slipped"]),
+            )
+        });
+        let budget_without = without.map_or("-".to_owned(), |point| {
+            format!(
+                "{:.0}, {:.0}, {:.0}",
+                per_second(point, &["budget_served_unproven"]),
+                per_second(point, &shed),
+                per_second(point, &["budget_slipped"]),
+            )
+        });
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {budget_with} | {budget_without} |",
+            rate_name(offered),
+            sent(with),
+            answered(with),
+            answered(without),
+            sent(without),
+        )?;
+    }
+    writeln!(md)
+}
+
+/// Legit answered (%) against offered flood rate, one line per configuration (and
+/// proof, for (d)), one panel per flood kind, drawn with plotters into an SVG document.
+fn chart(results: &[(Config, Vec<Point>)], random_rates: &[Option<u64>]) -> anyhow::Result<String> {
     use plotters::prelude::*;
-    const COLORS: [RGBColor; 5] = [
+    const COLORS: [RGBColor; 7] = [
         RGBColor(0xd6, 0x27, 0x28),
         RGBColor(0xff, 0x7f, 0x0e),
         RGBColor(0x94, 0x67, 0xbd),
         RGBColor(0x1f, 0x77, 0xb4),
         RGBColor(0x2c, 0xa0, 0x2c),
+        RGBColor(0x17, 0xbe, 0xcf),
+        RGBColor(0x8c, 0x56, 0x4b),
     ];
-    let labels = ["25k", "50k", "100k", "200k", "max"];
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (1000, 430)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (1500, 430)).into_drawing_area();
         root.fill(&WHITE)?;
         let root = root.titled(
             "Legit queries answered (%) vs offered flood rate",
             ("sans-serif", 15),
         )?;
-        let panels = root.split_evenly((1, 2));
-        for (area, (kind, title)) in panels.iter().zip([
-            (Kind::Concentrated, "(b) concentrated flood, 4 sources"),
-            (Kind::Spoofed, "(c) spoofed flood, 65 536 sources"),
-        ]) {
+        let panels = root.split_evenly((1, 3));
+        for (area, (kind, title, rates)) in panels.iter().zip(floods(random_rates)) {
+            let labels: Vec<String> = rates.iter().map(|&rate| rate_name(rate)).collect();
+            let title = title.split(" (").next().unwrap_or(title);
             let mut chart = ChartBuilder::on(area)
                 .caption(title, ("sans-serif", 12))
                 .margin(12)
                 .x_label_area_size(36)
                 .y_label_area_size(36)
-                .build_cartesian_2d(0usize..labels.len() - 1, 0f64..100f64)?;
+                .build_cartesian_2d(0usize..labels.len().max(2) - 1, 0f64..100f64)?;
             chart
                 .configure_mesh()
                 .x_labels(labels.len())
-                .x_label_formatter(&|index| labels.get(*index).copied().unwrap_or("").to_owned())
+                .x_label_formatter(&|index| labels.get(*index).cloned().unwrap_or_default())
                 .x_desc("offered flood (packets/s)")
                 .y_desc("legit answered (%)")
                 .draw()?;
-            for (line, (config, points)) in results.iter().enumerate() {
+            for (line, (_, name, points)) in rows(results, kind).into_iter().enumerate() {
                 let color = COLORS[line % COLORS.len()];
                 let series: Vec<(usize, f64)> = points
                     .iter()
-                    .filter(|point| point.flood == Some(kind))
                     .enumerate()
                     .map(|(index, point)| (index, point.answered_pct()))
                     .collect();
                 chart
                     .draw_series(LineSeries::new(series.clone(), color.stroke_width(2)))?
-                    .label(config.name())
+                    .label(name)
                     .legend(move |(x, y)| {
                         PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
                     });
@@ -711,9 +1164,10 @@ mod tests {
     use super::*;
     use dns_xdp_lab::lab::{Dnsperf, Snapshot};
 
-    fn point(flood: Option<Kind>, completed: u64) -> Point {
+    fn point(flood: Option<Kind>, proof: Option<bool>, completed: u64) -> Point {
         Point {
             workload: "test",
+            proof,
             flood,
             offered: Some(25_000),
             flood_sent_rate: 0.0,
@@ -728,22 +1182,80 @@ mod tests {
             after: Snapshot::default(),
             xdp_dropped: 0,
             xdp_packets: 0,
+            xdp_counters: json!({"budget_served_proven": 3, "proven_sources": 1}),
         }
+    }
+
+    /// Every configuration's points as `run_config` makes them (no (a)): (b) and (c) at
+    /// the five flood rates, (d) at `random` rates, twice in `dns-xdp+levels+budget`.
+    fn results(random: usize) -> Vec<(Config, Vec<Point>)> {
+        Config::ALL
+            .into_iter()
+            .map(|config| {
+                let mut points: Vec<Point> = [Kind::Concentrated, Kind::Spoofed]
+                    .into_iter()
+                    .flat_map(|kind| {
+                        (0..5).map(move |step| point(Some(kind), None, 100 - step * 10))
+                    })
+                    .collect();
+                let proofs: &[Option<bool>] = if config == Config::DnsXdpLevels {
+                    &[Some(true), Some(false)]
+                } else {
+                    &[None]
+                };
+                for &proof in proofs {
+                    points.extend(
+                        (0..random)
+                            .map(|step| point(Some(Kind::Random), proof, 100 - step as u64 * 10)),
+                    );
+                }
+                (config, points)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn random_rates_reach_ten_times_the_budget() {
+        let rates = random_rates(87_000);
+        assert_eq!(
+            rates,
+            [25_000, 50_000, 100_000, 200_000, 500_000, 1_000_000]
+                .map(Some)
+                .into_iter()
+                .chain([None])
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(random_rates(123_456)[5], Some(1_300_000));
+        assert_eq!(rate_name(Some(1_300_000)), "1.3M");
+        assert_eq!(rate_name(Some(500_000)), "500k");
+    }
+
+    #[test]
+    fn the_summary_has_a_row_per_configuration_and_proof() {
+        let random = random_rates(87_000);
+        let results = results(random.len());
+        let mut md = String::new();
+        summary(&mut md, &results, &random).unwrap();
+        assert!(md.contains("(d) legit + random flood"), "{md}");
+        assert!(
+            md.contains("| dns-xdp+levels+budget (client proven) |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| dns-xdp+levels+budget (client unproven) |"),
+            "{md}"
+        );
+        assert!(md.contains("| 1M |"), "{md}");
+        // The side-by-side table: a row per random rate, both runs' answers.
+        assert_eq!(md.matches("| 100.0 (0) | 100.0 (0) |").count(), 1, "{md}");
+        assert!(md.contains("| 3 / 0, 0, 0 |"), "{md}");
     }
 
     #[test]
     fn the_chart_is_an_svg_with_a_line_and_a_label_per_configuration() {
-        let results: Vec<(Config, Vec<Point>)> = Config::ALL
-            .into_iter()
-            .map(|config| {
-                let points = [Kind::Concentrated, Kind::Spoofed]
-                    .into_iter()
-                    .flat_map(|kind| (0..5).map(move |step| point(Some(kind), 100 - step * 10)))
-                    .collect();
-                (config, points)
-            })
-            .collect();
-        let svg = chart(&results).unwrap();
+        let random = random_rates(87_000);
+        let results = results(random.len());
+        let svg = chart(&results, &random).unwrap();
         assert!(svg.starts_with("<svg"), "{}", &svg[..80]);
         for (config, _) in &results {
             assert!(
@@ -752,7 +1264,12 @@ mod tests {
                 config.name()
             );
         }
-        // Two panels, each with a marked point per configuration and flood rate.
-        assert_eq!(svg.matches("<circle").count(), 2 * results.len() * 5);
+        assert!(svg.contains("(client unproven)"));
+        // Two panels with a marked point per configuration and flood rate; the third with
+        // one per random rate for each configuration, twice for dns-xdp+levels+budget.
+        assert_eq!(
+            svg.matches("<circle").count(),
+            2 * results.len() * 5 + (results.len() + 1) * random.len()
+        );
     }
 }
