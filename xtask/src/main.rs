@@ -31,7 +31,7 @@ enum Task {
         args: Vec<String>,
     },
     /// Set up, then run the benchmarks: the micro-benchmark, then the end-to-end comparison
-    /// against iptables (about 10 minutes); results go to target/bench/ (needs root).
+    /// against iptables (about 13 minutes); results go to target/bench/ (needs root).
     Bench {
         /// Skip the end-to-end comparison (micro-benchmark only).
         #[arg(long)]
@@ -130,7 +130,7 @@ fn main() -> anyhow::Result<()> {
             ])?;
             if !micro_only {
                 build_with_loader("e2e")?;
-                step("end-to-end comparison (about 10 minutes)");
+                step("end-to-end comparison (about 13 minutes)");
                 run_ignoring_interrupts(
                     Command::new(workspace_root().join("target/release/e2e")).arg(&out),
                 )?;

@@ -1,6 +1,6 @@
 //! The flood generator on its own: how many frames per second it reaches here.
 //!
-//! `flood [--kind spoofed|concentrated] [--rate PPS] [--seconds S] [--threads N]`: the
+//! `flood [--kind spoofed|concentrated|random] [--rate PPS] [--seconds S] [--threads N]`: the
 //! lab's two namespaces (veth with one queue per CPU, 198.18.0.0/24), GRO on the
 //! receiving end and no DNS server there: frames go up the receiver's stack and are
 //! dropped at UDP (no listener). Prints what was sent and what the receiver counted.
@@ -16,6 +16,8 @@ use dns_xdp_testkit::flood::{Flood, Kind};
 enum KindArg {
     Spoofed,
     Concentrated,
+    /// Sources from the whole IPv4 unicast space.
+    Random,
 }
 
 /// The flood generator alone, against the lab's server.
@@ -43,6 +45,7 @@ fn main() -> anyhow::Result<()> {
     let kind = match args.kind {
         KindArg::Spoofed => Kind::Spoofed,
         KindArg::Concentrated => Kind::Concentrated,
+        KindArg::Random => Kind::Random,
     };
     let (rate, seconds, threads) = (args.rate, args.seconds, args.threads);
     let world = World::new()?;
