@@ -200,8 +200,6 @@ pub(crate) fn police_source(
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let mut walk = LevelWalk {
-        config,
-        counters,
         source,
         now,
         tcp: bucket as u8,
@@ -229,6 +227,7 @@ pub(crate) fn police_source(
     // due (one in `slip` refused by a level; every unproven one the budget sheds).
     let (decision, slip_due) = if walk.refused {
         counters.bump(Counter::RateLimited);
+        counters.bump_level_limited(usize::from(walk.level));
         let turn = config.slip != 0
             && counters
                 .get(Counter::RateLimited)
@@ -292,8 +291,6 @@ pub(crate) fn police_source(
 
 /// One query's walk over the prefix levels: `bpf_loop`'s context, on the caller's stack.
 pub(crate) struct LevelWalk {
-    config: *const Config,
-    counters: *mut Counters,
     source: Source,
     now: u64,
     /// Which of the source's buckets (`BUCKET_*`): UDP queries, TCP connection
@@ -317,8 +314,11 @@ pub(crate) struct LevelWalk {
 pub(crate) extern "C" fn level_step(index: u64, walk: *mut c_void) -> i64 {
     // SAFETY: `walk` is the `LevelWalk` police_query handed to bpf_loop.
     let walk = unsafe { &mut *walk.cast::<LevelWalk>() };
-    // SAFETY: map values the caller looked up; the caller waits for the walk.
-    let (config, counters) = unsafe { (&*walk.config, &mut *walk.counters) };
+    // The configuration looked up again rather than handed over: a pointer more in the
+    // walk would grow the program's frame past what this chain leaves (512 bytes).
+    let Ok(config) = crate::maps::config() else {
+        return 1;
+    };
     let index = index as usize;
     if walk.exempt {
         return 1;
@@ -334,7 +334,6 @@ pub(crate) extern "C" fn level_step(index: u64, walk: *mut c_void) -> i64 {
     let [addr_lo, addr_hi, meta] = key_words(&key);
     match charge_bucket(addr_lo, addr_hi, meta, walk.now, walk.cost) {
         CHARGE_REFUSED => {
-            counters.bump_level_limited(index);
             walk.refused = true;
             walk.level = index as u8;
             1
