@@ -86,6 +86,33 @@ pub struct Spec {
     pub threads: usize,
 }
 
+impl Spec {
+    /// A flood of `kind` from the client of `pair` to its server over the pair's veth,
+    /// spoofing sources of `src`'s /16 (`Kind::Spoofed`), asking for `qname`, at `rate`
+    /// frames per second from one thread.
+    pub fn across(
+        pair: &crate::netns::Pair,
+        kind: Kind,
+        src: Ipv4Addr,
+        qname: &str,
+        rate: u64,
+    ) -> anyhow::Result<Self> {
+        use crate::netns::{LINK, SERVER_V4};
+        Ok(Self {
+            kind,
+            netns: pair.client.name().to_owned(),
+            iface: LINK.to_owned(),
+            src_mac: mac_of(pair.client.name(), LINK)?,
+            dst_mac: mac_of(pair.server.name(), LINK)?,
+            src,
+            dst: SERVER_V4.parse()?,
+            qname: qname.to_owned(),
+            rate: Some(rate),
+            threads: 1,
+        })
+    }
+}
+
 /// The frame every run starts from: Ethernet, IPv4 (no options), UDP to port 53 with a
 /// zero checksum (valid for IPv4, so the program need not fix it), a DNS query.
 pub fn template(spec: &Spec) -> Vec<u8> {
@@ -557,10 +584,10 @@ pub fn mac_of(netns: &str, iface: &str) -> anyhow::Result<[u8; 6]> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_template_is_a_valid_query_with_a_zero_udp_checksum() {
-        let spec = Spec {
-            kind: Kind::Spoofed,
+    /// A flood of `kind` that no test sends: for the frames it makes.
+    fn unsent(kind: Kind) -> Spec {
+        Spec {
+            kind,
             netns: String::new(),
             iface: String::new(),
             src_mac: [2, 0, 0, 0, 0, 1],
@@ -570,8 +597,12 @@ mod tests {
             qname: "www.lab.example".into(),
             rate: None,
             threads: 1,
-        };
-        let frame = template(&spec);
+        }
+    }
+
+    #[test]
+    fn the_template_is_a_valid_query_with_a_zero_udp_checksum() {
+        let frame = template(&unsent(Kind::Spoofed));
         let packet = etherparse::SlicedPacket::from_ethernet(&frame).unwrap();
         let Some(etherparse::NetSlice::Ipv4(ip)) = packet.net else {
             panic!("not IPv4");
@@ -623,18 +654,7 @@ mod tests {
 
     #[test]
     fn the_packet_socket_spoofs_a_random_source_with_a_valid_checksum() {
-        let spec = Spec {
-            kind: Kind::Random,
-            netns: String::new(),
-            iface: String::new(),
-            src_mac: [2, 0, 0, 0, 0, 1],
-            dst_mac: [2, 0, 0, 0, 0, 2],
-            src: Ipv4Addr::new(198, 19, 0, 0),
-            dst: Ipv4Addr::new(198, 18, 0, 1),
-            qname: "www.lab.example".into(),
-            rate: None,
-            threads: 1,
-        };
+        let spec = unsent(Kind::Random);
         let mut frame = template(&spec);
         spoof(&mut frame, Kind::Random, 0x1234_5678_9abc_def0);
         let packet = etherparse::SlicedPacket::from_ethernet(&frame).unwrap();

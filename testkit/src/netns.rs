@@ -68,6 +68,22 @@ impl Netns {
         command
     }
 
+    /// Turns reverse-path filtering off in this namespace, so that packets from spoofed
+    /// sources with no route back reach its sockets, as on a server with a default route
+    /// (the floods' answers to them then fail at once).
+    pub fn accept_spoofed_sources(&self) -> anyhow::Result<()> {
+        let status = self
+            .command("sysctl")
+            .args(["-qw", "net.ipv4.conf.all.rp_filter=0"])
+            .status()?;
+        anyhow::ensure!(
+            status.success(),
+            "sysctl rp_filter=0 in {}: {status}",
+            self.name
+        );
+        Ok(())
+    }
+
     /// Applies an nftables ruleset (`nft -f -`) inside this namespace; fails with nft's
     /// complaint.
     pub fn nft(&self, rules: &str) -> anyhow::Result<()> {

@@ -13,7 +13,7 @@ use std::{
 
 use dns_xdp_testkit::{
     dns::{Client, Responder, udp_flood},
-    flood::{Flood, Kind, Spec, mac_of},
+    flood::{Flood, Kind, Spec},
     loader::Loader,
     netns::{LINK, Pair, SERVER_V4},
     packet::dns_query,
@@ -88,18 +88,14 @@ fn abusers_stay_limited_and_normal_clients_keep_their_slots_through_a_churning_f
         ],
     )
     .expect("attaching");
-    let spec = Spec {
-        kind: Kind::Spoofed,
-        netns: pair.client.name().to_owned(),
-        iface: LINK.to_owned(),
-        src_mac: mac_of(pair.client.name(), LINK).unwrap(),
-        dst_mac: mac_of(pair.server.name(), LINK).unwrap(),
-        src: "198.19.0.0".parse().unwrap(),
-        dst: SERVER_V4.parse().unwrap(),
-        qname: "example.com".to_owned(),
-        rate: Some(FLOOD_RATE),
-        threads: 1,
-    };
+    let spec = Spec::across(
+        &pair,
+        Kind::Spoofed,
+        "198.19.0.0".parse().unwrap(),
+        "example.com",
+        FLOOD_RATE,
+    )
+    .expect("the flood's addresses");
 
     let (early, late, normal, flooded) = pair
         .client

@@ -13,9 +13,9 @@ use std::{
 
 use dns_xdp_testkit::{
     dns::Responder,
-    flood::{Flood, Kind, Spec, mac_of},
+    flood::{Flood, Kind, Spec},
     loader::Loader,
-    netns::{CLIENT_V4, LINK, Pair, SERVER_V4},
+    netns::{CLIENT_V4, Pair, SERVER_V4},
     packet::dns_query,
 };
 
@@ -76,18 +76,14 @@ fn loss_under_flood(pair: &Pair, limits: &[&str]) -> (f64, serde_json::Value) {
     // them (it did: 50 to 80 % loss with the budget on, from the backlog alone).
     let _responder = Responder::serve_at_most(&pair.server, Some(CAPACITY)).unwrap();
     let loader = Loader::attach(&pair.server, limits).expect("attaching");
-    let spec = Spec {
-        kind: Kind::Spoofed,
-        netns: pair.client.name().to_owned(),
-        iface: LINK.to_owned(),
-        src_mac: mac_of(pair.client.name(), LINK).unwrap(),
-        dst_mac: mac_of(pair.server.name(), LINK).unwrap(),
-        src: "198.19.0.0".parse().unwrap(),
-        dst: SERVER_V4.parse().unwrap(),
-        qname: "example.com".to_owned(),
-        rate: Some(FLOOD_RATE),
-        threads: 1,
-    };
+    let spec = Spec::across(
+        pair,
+        Kind::Spoofed,
+        "198.19.0.0".parse().unwrap(),
+        "example.com",
+        FLOOD_RATE,
+    )
+    .expect("the flood's addresses");
     let flood = Flood::start(&spec).expect("starting the flood");
     // Let the flood run long enough to empty the aggregate buckets' bursts.
     thread::sleep(Duration::from_millis(500));
@@ -113,11 +109,7 @@ fn loss_under_flood(pair: &Pair, limits: &[&str]) -> (f64, serde_json::Value) {
 fn aggregate_levels_and_a_budget_keep_legitimate_clients_served_under_a_spoofed_flood() {
     let pair = Pair::new().expect("creating namespaces");
     // Spoofed sources have no route back: the server's answers to them fail at once.
-    pair.server
-        .command("sysctl")
-        .args(["-qw", "net.ipv4.conf.all.rp_filter=0"])
-        .status()
-        .unwrap();
+    pair.server.accept_spoofed_sources().unwrap();
 
     let (per_source, report) = loss_under_flood(&pair, &PER_SOURCE);
     let counters = &report["counters"];

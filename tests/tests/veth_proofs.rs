@@ -17,9 +17,9 @@ use std::{
 use dns_xdp_common::{SLIP_PREFIX_SLOTS, SLIP_V4_PREFIX, slip_prefix_hash};
 use dns_xdp_testkit::{
     dig::{DigResult, dig_cookie, parse_dig},
-    flood::{Flood, Kind, Spec, mac_of},
+    flood::{Flood, Kind, Spec},
     loader::Loader,
-    netns::{CLIENT_V4, LINK, Pair, SERVER_V4},
+    netns::{CLIENT_V4, Pair, SERVER_V4},
     process::ScratchDir,
     servers::{EXAMPLE_ZONE, bind_queries, example_zone, start_bind},
 };
@@ -133,11 +133,7 @@ fn a_new_client_proves_itself_over_tcp_and_is_then_served_over_udp_through_a_spo
     // Spoofed sources have no route back, for which reverse-path filtering would drop
     // them: what the budget admits of the flood reaches BIND, as on a server with a
     // default route (its answers to them then fail at once).
-    pair.server
-        .command("sysctl")
-        .args(["-qw", "net.ipv4.conf.all.rp_filter=0"])
-        .status()
-        .unwrap();
+    pair.server.accept_spoofed_sources().unwrap();
     let dir = ScratchDir::new("bind-proofs").unwrap();
     let bind_dir = dir.path().join("bind");
     let _bind = start_bind(
@@ -153,18 +149,14 @@ fn a_new_client_proves_itself_over_tcp_and_is_then_served_over_udp_through_a_spo
     // Truncated replies leave the server's veth as XDP_TX frames, which reach the
     // client's stack only through an XDP program on its end: dns-xdp without limits.
     let _client_loader = Loader::attach(&pair.client, &[]).expect("attaching on the client");
-    let spec = Spec {
-        kind: Kind::Spoofed,
-        netns: pair.client.name().to_owned(),
-        iface: LINK.to_owned(),
-        src_mac: mac_of(pair.client.name(), LINK).unwrap(),
-        dst_mac: mac_of(pair.server.name(), LINK).unwrap(),
-        src: FLOOD_BASE,
-        dst: SERVER_V4.parse().unwrap(),
-        qname: format!("www.{EXAMPLE_ZONE}"),
-        rate: Some(FLOOD_RATE),
-        threads: 1,
-    };
+    let spec = Spec::across(
+        &pair,
+        Kind::Spoofed,
+        FLOOD_BASE,
+        &format!("www.{EXAMPLE_ZONE}"),
+        FLOOD_RATE,
+    )
+    .expect("the flood's addresses");
     let flood = Flood::start(&spec).expect("starting the flood");
     wait_for_shedding(&mut loader, Duration::from_secs(5));
 
