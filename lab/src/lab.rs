@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use dns_xdp_testkit::{
-    flood::{Kind, Spec, mac_of},
+    flood::{Kind, Spec},
     netns::{CLIENT_V4, LINK, Netns, Pair, SERVER_V4},
     process::{Process, ScratchDir, output},
 };
@@ -140,20 +140,13 @@ impl World {
 
     /// A flood from the client towards the server.
     pub fn flood_spec(&self, kind: Kind, rate: Option<u64>) -> anyhow::Result<Spec> {
+        let src = match kind {
+            Kind::Concentrated => FEW_BASE,
+            Kind::Spoofed | Kind::Random => SPOOFED_BASE,
+        };
         Ok(Spec {
-            kind,
-            netns: self.client.name().to_owned(),
-            iface: LINK.to_owned(),
-            src_mac: mac_of(self.client.name(), LINK)?,
-            dst_mac: mac_of(self.server.name(), LINK)?,
-            src: match kind {
-                Kind::Concentrated => FEW_BASE,
-                Kind::Spoofed | Kind::Random => SPOOFED_BASE,
-            },
-            dst: SERVER_V4.parse()?,
-            qname: QNAME.to_owned(),
-            rate,
             threads: thread::available_parallelism().map_or(1, |n| n.get()),
+            ..Spec::across(&self.client, &self.server, kind, src, QNAME, rate)?
         })
     }
 

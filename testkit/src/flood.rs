@@ -87,27 +87,28 @@ pub struct Spec {
 }
 
 impl Spec {
-    /// A flood of `kind` from the client of `pair` to its server over the pair's veth,
+    /// A flood of `kind` from `client` to `server` over the veth between them (`LINK`),
     /// spoofing sources of `src`'s /16 (`Kind::Spoofed`), asking for `qname`, at `rate`
-    /// frames per second from one thread.
+    /// frames per second (`None`: as fast as it goes) from one thread.
     pub fn across(
-        pair: &crate::netns::Pair,
+        client: &crate::netns::Netns,
+        server: &crate::netns::Netns,
         kind: Kind,
         src: Ipv4Addr,
         qname: &str,
-        rate: u64,
+        rate: Option<u64>,
     ) -> anyhow::Result<Self> {
         use crate::netns::{LINK, SERVER_V4};
         Ok(Self {
             kind,
-            netns: pair.client.name().to_owned(),
+            netns: client.name().to_owned(),
             iface: LINK.to_owned(),
-            src_mac: mac_of(pair.client.name(), LINK)?,
-            dst_mac: mac_of(pair.server.name(), LINK)?,
+            src_mac: mac_of(client.name(), LINK)?,
+            dst_mac: mac_of(server.name(), LINK)?,
             src,
             dst: SERVER_V4.parse()?,
             qname: qname.to_owned(),
-            rate: Some(rate),
+            rate,
             threads: 1,
         })
     }

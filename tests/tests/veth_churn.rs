@@ -89,11 +89,12 @@ fn abusers_stay_limited_and_normal_clients_keep_their_slots_through_a_churning_f
     )
     .expect("attaching");
     let spec = Spec::across(
-        &pair,
+        &pair.client,
+        &pair.server,
         Kind::Spoofed,
         "198.19.0.0".parse().unwrap(),
         "example.com",
-        FLOOD_RATE,
+        Some(FLOOD_RATE),
     )
     .expect("the flood's addresses");
 

@@ -77,11 +77,12 @@ fn loss_under_flood(pair: &Pair, limits: &[&str]) -> (f64, serde_json::Value) {
     let _responder = Responder::serve_at_most(&pair.server, Some(CAPACITY)).unwrap();
     let loader = Loader::attach(&pair.server, limits).expect("attaching");
     let spec = Spec::across(
-        pair,
+        &pair.client,
+        &pair.server,
         Kind::Spoofed,
         "198.19.0.0".parse().unwrap(),
         "example.com",
-        FLOOD_RATE,
+        Some(FLOOD_RATE),
     )
     .expect("the flood's addresses");
     let flood = Flood::start(&spec).expect("starting the flood");

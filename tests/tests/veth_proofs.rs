@@ -150,11 +150,12 @@ fn a_new_client_proves_itself_over_tcp_and_is_then_served_over_udp_through_a_spo
     // client's stack only through an XDP program on its end: dns-xdp without limits.
     let _client_loader = Loader::attach(&pair.client, &[]).expect("attaching on the client");
     let spec = Spec::across(
-        &pair,
+        &pair.client,
+        &pair.server,
         Kind::Spoofed,
         FLOOD_BASE,
         &format!("www.{EXAMPLE_ZONE}"),
-        FLOOD_RATE,
+        Some(FLOOD_RATE),
     )
     .expect("the flood's addresses");
     let flood = Flood::start(&spec).expect("starting the flood");

@@ -581,11 +581,7 @@ impl Bench {
                 )?);
             }
         }
-        if let Some(loader) = loader {
-            loader
-                .interrupt()
-                .context("dns-xdp did not detach cleanly")?;
-        }
+        detach(loader)?;
         if config == Config::DnsXdpLevels {
             // The client not allow-listed, proven or not: only the budget's tiers set it
             // apart from the flood (see the module's documentation for the rate and
@@ -625,11 +621,7 @@ impl Bench {
                         Some(self.legit_rate),
                     )?);
                 }
-                if let Some(loader) = loader {
-                    loader
-                        .interrupt()
-                        .context("dns-xdp did not detach cleanly")?;
-                }
+                detach(loader)?;
             }
         }
         Ok(points)
@@ -666,6 +658,19 @@ struct Args {
     /// times the legit rate).
     #[arg(long, default_value_t = 0)]
     random_budget: u64,
+}
+
+/// Stops a configuration's dns-xdp, if it runs one: it must detach cleanly.
+fn detach(loader: Option<Loader>) -> anyhow::Result<()> {
+    match loader {
+        Some(loader) => {
+            loader
+                .interrupt()
+                .context("dns-xdp did not detach cleanly")?;
+            Ok(())
+        }
+        None => Ok(()),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
